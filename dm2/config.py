@@ -1,0 +1,103 @@
+"""Typed, validated access to params.yaml.
+
+Each stage declares its section as a dataclass; `parse_section` turns the YAML mapping
+into it and rejects unknown keys and wrong types with a one-line error naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A params.yaml value that a stage cannot use."""
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    with path.open() as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: expected a mapping at top level")
+    return data
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            try:
+                return _check_type(value, option, key)
+            except ParamsError as e:
+                errors.append(str(e))
+        raise ParamsError(f"{key}: {value!r} matches none of {hint}")
+    if hint is type(None):
+        if value is not None:
+            raise ParamsError(f"{key}: expected null, got {value!r}")
+        return None
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return origin(_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        _, item = typing.get_args(hint)
+        return {k: _check_type(v, item, f"{key}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return parse_section(hint, value, key)
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if hint in (str, bool):
+        if not isinstance(value, hint):
+            raise ParamsError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported param type {hint} for {key}")
+
+
+def parse_section(cls: type[T], data: Any, name: str) -> T:
+    """Build dataclass `cls` from mapping `data`; `name` is the key path used in errors."""
+    if not isinstance(data, dict):
+        raise ParamsError(f"{name}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ParamsError(f"{name}: unknown key(s) {unknown}; allowed: {sorted(fields)}")
+    kwargs = {}
+    for fname, f in fields.items():
+        if fname in data:
+            kwargs[fname] = _check_type(data[fname], hints[fname], f"{name}.{fname}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ParamsError(f"{name}.{fname}: missing")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate(name)
+    return obj
+
+
+def require(cond: bool, key: str, message: str) -> None:
+    """Raise a ParamsError naming `key` unless `cond` holds."""
+    if not cond:
+        raise ParamsError(f"{key}: {message}")

@@ -1,0 +1,186 @@
+"""The three steps of a Dark Miner loop (paper Section 3.2, Appendix A).
+
+An embedding `c` lives in the UNet's conditioning space (text-encoder output states,
+L x width): mining optimises it directly, with no words behind it. `0 * c` and `-c` are
+then conditionings of the same length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, UNet2DConditionModel
+from tqdm import tqdm
+
+from dm2.config import require
+from dm2.lora import adapters_disabled
+
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class StepSchedule:
+    """Epochs, learning rate with one drop, gradient-norm clip and optimiser."""
+
+    epochs: int
+    lr: float
+    lr_drop_epoch: int
+    lr_after_drop: float
+    grad_clip: float
+    optimizer: str
+
+    def validate(self, name: str) -> None:
+        require(self.epochs > 0, f"{name}.epochs", f"must be positive, got {self.epochs}")
+        require(self.lr > 0, f"{name}.lr", f"must be positive, got {self.lr}")
+        require(self.lr_after_drop > 0, f"{name}.lr_after_drop", f"must be positive, got {self.lr_after_drop}")
+        require(self.grad_clip > 0, f"{name}.grad_clip", f"must be positive, got {self.grad_clip}")
+        require(self.optimizer in OPTIMIZERS, f"{name}.optimizer", f"{self.optimizer!r} is not one of {list(OPTIMIZERS)}")
+
+    def make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=self.lr) if self.optimizer == "sgd" else torch.optim.Adam(params, lr=self.lr)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.lr if epoch < self.lr_drop_epoch else self.lr_after_drop
+
+
+@dataclass
+class MineParams(StepSchedule):
+    tokens: int = 32
+    k: int = 3
+
+    def validate(self, name: str) -> None:
+        super().validate(name)
+        require(self.tokens > 0, f"{name}.tokens", f"must be positive, got {self.tokens}")
+        require(self.k > 0, f"{name}.k", f"must be positive, got {self.k}")
+
+
+@dataclass
+class VerifyParams:
+    tau: float
+    steps: int
+    guidance: float
+    seed: int
+
+    def validate(self, name: str) -> None:
+        require(-1.0 <= self.tau <= 1.0, f"{name}.tau", f"must be in [-1, 1] (a cosine), got {self.tau}")
+        require(self.steps > 0, f"{name}.steps", f"must be positive, got {self.steps}")
+
+
+@dataclass
+class CircumventParams(StepSchedule):
+    r: float = 0.7
+    alpha_c: float = 1.0
+    alpha_p: float = 0.5
+    anchor: str = "a photo"
+    steps: int = 25
+    guidance: float = 7.5
+
+    def validate(self, name: str) -> None:
+        super().validate(name)
+        require(0.0 <= self.r <= 1.0, f"{name}.r", f"must be in [0, 1] (a probability), got {self.r}")
+        require(self.alpha_c >= 0 and self.alpha_p >= 0, f"{name}.alpha_c/alpha_p", "must be non-negative")
+        require(bool(self.anchor.strip()), f"{name}.anchor", "must be a non-empty prompt")
+        require(self.steps > 0, f"{name}.steps", f"must be positive, got {self.steps}")
+
+
+def _noised(scheduler: DDIMScheduler, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g).to(x0.device)
+    return scheduler.add_noise(x0, noise, t), noise, t
+
+
+def _step(opt: torch.optim.Optimizer, sched: StepSchedule, epoch: int, loss: torch.Tensor, params: list[torch.Tensor], what: str) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what}: loss is {loss.item()} at epoch {epoch}")
+    for group in opt.param_groups:
+        group["lr"] = sched.lr_at(epoch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, sched.grad_clip)
+    opt.step()
+
+
+def mining_loss(unet: UNet2DConditionModel, scheduler: DDIMScheduler, x0: torch.Tensor, c: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """L_M: denoising error of the (adapted, frozen) UNet on pool latents `x0` given `c`."""
+    x_t, noise, t = _noised(scheduler, x0, g)
+    pred = unet(x_t, t, encoder_hidden_states=c.expand(x0.shape[0], -1, -1)).sample
+    return F.mse_loss(pred, noise)
+
+
+def mine(
+    unet: UNet2DConditionModel,
+    scheduler: DDIMScheduler,
+    pool_latents: torch.Tensor,
+    init: torch.Tensor,
+    p: MineParams,
+    g: torch.Generator,
+    what: str = "mine",
+) -> tuple[torch.Tensor, list[float]]:
+    """Optimise a free embedding (1 x L x width, from `init`) so the current model
+    denoises the k sampled pool images best: the text most likely to produce them."""
+    c = init.detach().clone().requires_grad_(True)
+    opt = p.make_optimizer([c])
+    losses = []
+    for epoch in tqdm(range(p.epochs), desc=what, leave=False, mininterval=2):
+        loss = mining_loss(unet, scheduler, pool_latents, c, g)
+        _step(opt, p, epoch, loss, [c], what)
+        losses.append(loss.item())
+    return c.detach(), losses
+
+
+def delta_cosine(f_c: torch.Tensor, f_r: torch.Tensor, f_e: torch.Tensor) -> float:
+    """s(c) = mean over the k pool images of cos(Enc(x_c) - Enc(x_r), Enc(x_e) - Enc(x_r)).
+
+    f_c, f_r: (D,) or (1, D) image features of the mined and reference images;
+    f_e: (k, D) features of the pool images used for mining."""
+    d_c = (f_c.reshape(1, -1) - f_r.reshape(1, -1)).expand(f_e.shape[0], -1)
+    d_e = f_e - f_r.reshape(1, -1)
+    return F.cosine_similarity(d_c, d_e, dim=1).mean().item()
+
+
+def circumvent_losses(
+    unet: UNet2DConditionModel,
+    scheduler: DDIMScheduler,
+    x0: torch.Tensor,
+    c: torch.Tensor,
+    c0: torch.Tensor,
+    g: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """l_c pulls the adapted model's prediction for `c` to the original model's for the
+    anchor `c0`; l_p keeps the adapted model equal to the original on c0, 0*c and -c."""
+    x_t, _, t = _noised(scheduler, x0, g)
+    family = torch.cat([c, 0 * c, -c])  # same token length: one UNet call
+    x3, t3 = x_t.repeat(3, 1, 1, 1), t.repeat(3)
+    with torch.no_grad(), adapters_disabled(unet):
+        orig_anchor = unet(x_t, t, encoder_hidden_states=c0).sample
+        orig_family = unet(x3, t3, encoder_hidden_states=family).sample
+    new_anchor = unet(x_t, t, encoder_hidden_states=c0).sample
+    new_family = unet(x3, t3, encoder_hidden_states=family).sample
+    l_c = F.mse_loss(new_family[:1], orig_anchor)
+    l_p = F.mse_loss(new_anchor, orig_anchor) + F.mse_loss(new_family[1:2], orig_family[1:2]) + F.mse_loss(new_family[2:], orig_family[2:])
+    return l_c, l_p
+
+
+def circumvent(
+    unet: UNet2DConditionModel,
+    scheduler: DDIMScheduler,
+    lora_params: list[torch.nn.Parameter],
+    x0: torch.Tensor,
+    c: torch.Tensor,
+    c0: torch.Tensor,
+    p: CircumventParams,
+    g: torch.Generator,
+    what: str = "circumvent",
+) -> tuple[list[float], list[float]]:
+    """Train the adapters on L_C = alpha_c l_c + alpha_p l_p for one embedding; `x0` is the
+    latent the original model generated from `c` (made once by the caller, reused here)."""
+    opt = p.make_optimizer(lora_params)
+    l_cs, l_ps = [], []
+    for epoch in tqdm(range(p.epochs), desc=what, leave=False, mininterval=2):
+        l_c, l_p = circumvent_losses(unet, scheduler, x0, c, c0, g)
+        _step(opt, p, epoch, p.alpha_c * l_c + p.alpha_p * l_p, lora_params, what)
+        l_cs.append(l_c.item())
+        l_ps.append(l_p.item())
+    return l_cs, l_ps

@@ -1,0 +1,106 @@
+"""Shared pieces of the world-training stages: the world params section, the rendered
+train / held-out splits, and a seeded minibatch loop that refuses NaN losses."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dm2.config import ParamsError, require
+from dm2.world import DEFAULT_SYNONYMS, Sample, WorldSpec, sample_world
+
+HELDOUT_SEED_OFFSET = 1_000_003  # held-out images never share a seed with training ones
+
+
+@dataclass
+class WorldParams:
+    seed: int = 0
+    train_images: int = 20000
+    heldout_images: int = 2000
+    synonyms: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_SYNONYMS.items()})
+    colours: list[str] = field(default_factory=list)
+    backgrounds: list[str] = field(default_factory=list)
+    textures: list[str] = field(default_factory=list)
+
+    def validate(self, name: str) -> None:
+        require(self.train_images > 0, f"{name}.train_images", "must be positive")
+        require(self.heldout_images > 0, f"{name}.heldout_images", "must be positive")
+        try:
+            self.spec()
+        except ValueError as e:
+            raise ParamsError(str(e)) from None
+
+    def spec(self) -> WorldSpec:
+        return WorldSpec(
+            synonyms={k: tuple(v) for k, v in self.synonyms.items()},
+            colours=tuple(self.colours),
+            backgrounds=tuple(self.backgrounds),
+            textures=tuple(self.textures),
+        )
+
+
+@dataclass
+class TrainParams:
+    steps: int
+    batch_size: int
+    lr: float
+
+    def validate(self, name: str) -> None:
+        require(self.steps > 0, f"{name}.steps", "must be positive")
+        require(self.batch_size > 0, f"{name}.batch_size", "must be positive")
+        require(self.lr > 0, f"{name}.lr", "must be positive")
+
+
+def world_split(world: WorldParams, split: str) -> tuple[torch.Tensor, list[Sample]]:
+    """Images in [0, 1] (N x 3 x 32 x 32) and labels of the `train` or `heldout` split."""
+    if split == "train":
+        images, samples = sample_world(world.spec(), world.train_images, world.seed)
+    elif split == "heldout":
+        images, samples = sample_world(world.spec(), world.heldout_images, world.seed + HELDOUT_SEED_OFFSET)
+    else:
+        raise ValueError(f"split: {split!r} is not one of ['train', 'heldout']")
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0, samples
+
+
+def cosine_lr(step: int, steps: int, warmup: int = 100) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def train_loop(
+    params: list[torch.nn.Parameter],
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    n_items: int,
+    train: TrainParams,
+    seed: int,
+    desc: str,
+) -> list[float]:
+    """AdamW with warm-up and cosine decay over random minibatches of item indices.
+
+    `loss_fn(indices)` returns the loss of one minibatch. Returns the loss per step.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=train.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, train.steps))
+    losses = []
+    bar = tqdm(range(train.steps), desc=desc, mininterval=5)
+    for step in bar:
+        idx = torch.randint(0, n_items, (train.batch_size,), generator=generator)
+        loss = loss_fn(idx)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    return losses

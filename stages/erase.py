@@ -1,0 +1,194 @@
+"""Stage erase: Dark Miner loops (mine -> verify -> circumvent) until verification fails.
+
+After every loop one checkpoint file is replaced atomically (the commit point); the
+embedding pool, the diffusers LoRA and the loop log are exported from it. A killed run
+resumes from the last finished loop and ends with the same outputs, because every loop
+draws its randomness from (seed, loop index) alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline
+from tqdm import tqdm
+
+from dm2.clip import ClipModel, load_clip
+from dm2.concept import ConceptParams
+from dm2.config import load_params, parse_section, require
+from dm2.dark_miner import CircumventParams, MineParams, VerifyParams, circumvent, delta_cosine, mine
+from dm2.diffusion import encode_prompts, generate, generate_latents, load_pipeline
+from dm2.io import load_tensors, read_metadata, save_tensors, write_json
+from dm2.lora import add_lora, adapters_disabled, frozen, lora_state, restore_lora, save_lora
+from dm2.models import ModelsParams, resolve_device
+
+POOL_FILE = Path("data/pool/latents.safetensors")
+OUT_DIR = Path("artifacts/erase")
+METRICS = Path("metrics/erase.json")
+PLOT = Path("plots/erase_s.json")
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class EraseParams:
+    max_loops: int
+    lora_rank: int = 8
+    seed: int = 0
+
+    def validate(self, name: str) -> None:
+        require(self.max_loops > 0, f"{name}.max_loops", f"must be positive, got {self.max_loops}")
+        require(self.lora_rank > 0, f"{name}.lora_rank", f"must be positive, got {self.lora_rank}")
+
+
+@dataclass
+class EraseState:
+    """Everything a finished loop leaves behind; saved whole after every loop."""
+
+    fingerprint: str
+    embeddings: list[torch.Tensor] = field(default_factory=list)  # mined c, one per loop
+    originals: dict[int, torch.Tensor] = field(default_factory=dict)  # x from theta'(c), per verified loop
+    log: list[dict[str, Any]] = field(default_factory=list)
+    stop: str = ""  # "", "verification" or "max_loops"
+
+    @property
+    def verified(self) -> list[int]:
+        return [i for i, row in enumerate(self.log) if row["circumvented"]]
+
+
+def fingerprint(*sections: Any, pool_latents: torch.Tensor) -> str:
+    """Identifies a run: a checkpoint is resumed only by a run with the same settings."""
+    h = hashlib.sha256(json.dumps([asdict(s) if hasattr(s, "__dataclass_fields__") else s for s in sections], sort_keys=True).encode())
+    h.update(pool_latents.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(state: EraseState, unet: torch.nn.Module, out_dir: Path) -> None:
+    tensors = {f"lora.{k}": v for k, v in lora_state(unet).items()}
+    tensors.update({f"c_{i:03d}": c for i, c in enumerate(state.embeddings)})
+    tensors.update({f"x_{i:03d}": x for i, x in state.originals.items()})
+    meta = {"fingerprint": state.fingerprint, "log": json.dumps(state.log), "stop": state.stop}
+    save_tensors(tensors, out_dir / CHECKPOINT, meta)
+
+
+def load_checkpoint(out_dir: Path, expected: str, unet: torch.nn.Module) -> EraseState | None:
+    """The saved state if it belongs to this run (same fingerprint), else None."""
+    path = out_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    meta = read_metadata(path)
+    if meta.get("fingerprint") != expected:
+        print(f"erase: {path} is from other settings; starting afresh")
+        return None
+    tensors = load_tensors(path)
+    state = EraseState(expected, log=json.loads(meta["log"]), stop=meta["stop"])
+    state.embeddings = [tensors[f"c_{i:03d}"] for i in range(len(state.log))]
+    state.originals = {i: tensors[f"x_{i:03d}"] for i in state.verified}
+    restore_lora(unet, {k[len("lora."):]: v for k, v in tensors.items() if k.startswith("lora.")})
+    return state
+
+
+def export(state: EraseState, unet: torch.nn.Module, out_dir: Path) -> None:
+    """The user-facing outputs, all derived from the checkpoint."""
+    save_lora(unet, out_dir)
+    meta = {f"s_{i:03d}": f"{row['s']:.6f}" for i, row in enumerate(state.log)}
+    save_tensors({f"c_{i:03d}": c for i, c in enumerate(state.embeddings)}, out_dir / "embeddings.safetensors", meta)
+    write_json({"loops": state.log, "stop": state.stop}, out_dir / "loop_log.json")
+
+
+def erase(
+    pipe: StableDiffusionPipeline,
+    clip: ClipModel,
+    pool_latents: torch.Tensor,
+    pool_images: torch.Tensor,
+    e: EraseParams,
+    m: MineParams,
+    v: VerifyParams,
+    cp: CircumventParams,
+    out_dir: Path,
+    run_id: str,
+) -> EraseState:
+    """Run (or resume) the DM2 loops; returns the final state. The LoRA stays in `pipe.unet`."""
+    require(len(pool_latents) >= m.k, "pool.size", f"the pool has {len(pool_latents)} images, mining needs k = {m.k}")
+    unet, scheduler = pipe.unet, pipe.scheduler
+    torch.manual_seed(e.seed)  # peft draws the initial LoRA A factors from the global RNG
+    lora_params = add_lora(unet, e.lora_rank)
+    state = load_checkpoint(out_dir, run_id, unet) or EraseState(run_id)
+    if state.log:
+        print(f"erase: resuming after loop {len(state.log)} ({state.stop or 'running'})")
+    anchor = encode_prompts(pipe, [cp.anchor])  # c0, 77 tokens
+    init = anchor[:, torch.arange(m.tokens) % anchor.shape[1]]  # c starts as "a photo"'s states
+    f_pool = clip.encode_images(pool_images)
+
+    bar = tqdm(total=e.max_loops, initial=len(state.log), desc="loops")
+    while not state.stop:
+        i = len(state.log)
+        start = time.time()
+        g = torch.Generator().manual_seed(e.seed * 1_000_003 + i)
+        picked = torch.randperm(len(pool_latents), generator=g)[: m.k]
+        with frozen(unet):
+            c, mine_losses = mine(unet, scheduler, pool_latents[picked], init, m, g, f"loop {i} mine")
+            x_c = generate(pipe, c, v.seed, v.steps, v.guidance)
+            x_r = generate(pipe, anchor, v.seed, v.steps, v.guidance)
+        s = delta_cosine(clip.encode_images(x_c), clip.encode_images(x_r), f_pool[picked])
+        row = {"loop": i, "s": s, "mine_loss": mine_losses[-1], "circumvented": s > v.tau, "replayed": None, "l_c": None, "l_p": None}
+        state.embeddings.append(c)
+        if s > v.tau:
+            with adapters_disabled(unet), frozen(unet):
+                state.originals[i] = generate_latents(pipe, c, e.seed * 1_000_003 + i, cp.steps, cp.guidance)
+            earlier = state.verified
+            j = i if not earlier or torch.rand(1, generator=g).item() < cp.r else earlier[torch.randint(len(earlier), (1,), generator=g).item()]
+            l_c, l_p = circumvent(unet, scheduler, lora_params, state.originals[j], state.embeddings[j], anchor, cp, g, f"loop {i} circumvent")
+            row.update(replayed=j, l_c=sum(l_c[-10:]) / len(l_c[-10:]), l_p=sum(l_p[-10:]) / len(l_p[-10:]))
+        row["seconds"] = round(time.time() - start, 2)
+        state.log.append(row)
+        if s <= v.tau:
+            state.stop = "verification"
+        elif len(state.log) >= e.max_loops:
+            state.stop = "max_loops"
+        save_checkpoint(state, unet, out_dir)
+        export(state, unet, out_dir)
+        bar.update(1)
+        summary = f"loop {i}: s(c)={s:.3f} (tau {v.tau})"
+        summary += f", circumvented c_{row['replayed']}, l_c={row['l_c']:.4f}, l_p={row['l_p']:.4f}" if row["circumvented"] else ", stop"
+        tqdm.write(summary + f", {row['seconds']:.1f}s")
+    bar.close()
+    export(state, unet, out_dir)  # heals exports of a run killed between checkpoint and export
+    return state
+
+
+def main() -> None:
+    params = load_params()
+    models = parse_section(ModelsParams, params["models"], "models")
+    concept = parse_section(ConceptParams, params["concept"], "concept")
+    e = parse_section(EraseParams, params["erase"], "erase")
+    m = parse_section(MineParams, params["mine"], "mine")
+    v = parse_section(VerifyParams, params["verify"], "verify")
+    cp = parse_section(CircumventParams, params["circumvent"], "circumvent")
+    device = resolve_device(params.get("device", "auto"))
+    pool = load_tensors(POOL_FILE)
+    require(pool["latents"].shape[0] > 0, str(POOL_FILE), "the image pool is empty; run the pool stage")
+    pipe = load_pipeline(models.diffusion, device)
+    clip = load_clip(models.clip_name, models.clip_pretrained, device)
+    run_id = fingerprint(models, concept, e, m, v, cp, pool_latents=pool["latents"])
+    state = erase(pipe, clip, pool["latents"].to(device), pool["images"].to(device), e, m, v, cp, OUT_DIR, run_id)
+    write_json(
+        {
+            "loops": len(state.log),
+            "circumvented": len(state.verified),
+            "last_s": state.log[-1]["s"],
+            "stopped_by": state.stop,
+            "seconds": round(sum(r["seconds"] for r in state.log), 1),
+        },
+        METRICS,
+    )
+    write_json([{"loop": r["loop"], "s": r["s"], "tau": v.tau} for r in state.log], PLOT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Stage world_check: is the shipped world good enough for erasure to be measurable?
+
+Measures the judge and the CLIP model on held-out rendered images, and how often the
+diffusion model draws the shape a prompt asks for, by shape and by synonym."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dm2.clip import load_clip, zero_shot
+from dm2.config import load_params, parse_section, require
+from dm2.diffusion import encode_prompts, generate, load_pipeline
+from dm2.io import write_json
+from dm2.judge import load_judge
+from dm2.models import ModelsParams, resolve_device
+from dm2.training import WorldParams, world_split
+
+METRICS = Path("metrics/world.json")
+WEIGHTS = Path("artifacts/world")
+
+
+@dataclass
+class WorldCheckParams:
+    images_per_prompt: int
+    steps: int
+    guidance: float
+    seed: int
+
+    def validate(self, name: str) -> None:
+        require(self.images_per_prompt > 0, f"{name}.images_per_prompt", "must be positive")
+        require(self.steps > 0, f"{name}.steps", "must be positive")
+
+
+def shape_prompts(world: WorldParams) -> list[tuple[str, str, str]]:
+    """(prompt, shape, word): "a photo of a {colour} {word}" for every synonym and colour."""
+    return [
+        (f"a photo of a {colour} {word}", shape, word)
+        for shape, words in world.synonyms.items()
+        for word in words
+        for colour in world.colours
+    ]
+
+
+def accuracy_by(keys: list[str], correct: torch.Tensor) -> dict[str, float]:
+    groups: dict[str, list[float]] = defaultdict(list)
+    for key, ok in zip(keys, correct.tolist()):
+        groups[key].append(ok)
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
+def check_world(world: WorldParams, models: ModelsParams, p: WorldCheckParams, device: torch.device) -> dict:
+    judge = load_judge(models.judge, models.judge_path)
+    clip = load_clip(models.clip_name, models.clip_pretrained, device)
+    pipe = load_pipeline(models.diffusion, device)
+    shapes = list(world.synonyms)
+
+    images, samples = world_split(world, "heldout")
+    truth = torch.tensor([shapes.index(s.shape) for s in samples])
+    judge_acc = (judge.probs(images)["shape"].argmax(-1) == truth).float().mean().item()
+    clip_pred = zero_shot(clip, images, [f"a photo of a {s}" for s in shapes])
+    clip_acc = (clip_pred == truth).float().mean().item()
+
+    start = time.time()
+    prompts = [row for row in shape_prompts(world) for _ in range(p.images_per_prompt)]
+    cond = encode_prompts(pipe, [row[0] for row in prompts])
+    generated = generate(pipe, cond, p.seed, p.steps, p.guidance)
+    asked = torch.tensor([shapes.index(row[1]) for row in prompts])
+    correct = (judge.probs(generated)["shape"].argmax(-1) == asked).float()
+    by_word = accuracy_by([row[2] for row in prompts], correct)
+    return {
+        "judge_shape_accuracy": judge_acc,
+        "clip_zero_shot_shape_accuracy": clip_acc,
+        "generated_images": len(prompts),
+        "sampler_steps": p.steps,
+        "generated_shape_accuracy": correct.mean().item(),
+        "generated_accuracy_by_shape": accuracy_by([row[1] for row in prompts], correct),
+        "generated_accuracy_by_word": by_word,
+        "worst_word_accuracy": min(by_word.values()),
+        "generation_seconds": round(time.time() - start, 1),
+        "shipped_weights_mb": round(sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file()) / 2**20, 2),
+    }
+
+
+def main() -> None:
+    params = load_params()
+    world = parse_section(WorldParams, params["world"], "world")
+    models = parse_section(ModelsParams, params["models"], "models")
+    p = parse_section(WorldCheckParams, params["world_check"], "world_check")
+    metrics = check_world(world, models, p, resolve_device(params.get("device", "auto")))
+    write_json(metrics, METRICS)
+    print({k: v for k, v in metrics.items() if not isinstance(v, dict)})
+
+
+if __name__ == "__main__":
+    main()

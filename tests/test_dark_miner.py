@@ -1,0 +1,124 @@
+"""The mine / verify / circumvent steps on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dm2.config import ParamsError, parse_section
+from dm2.dark_miner import (
+    CircumventParams,
+    MineParams,
+    VerifyParams,
+    circumvent,
+    circumvent_losses,
+    delta_cosine,
+    mine,
+    mining_loss,
+)
+from dm2.lora import adapters_disabled, add_lora, frozen
+from dm2.world_models import world_scheduler
+from tests.conftest import TINY_WIDTH, tiny_unet
+
+SCHEDULE = dict(lr_drop_epoch=1000, lr_after_drop=0.001, grad_clip=10.0, optimizer="adam")
+
+
+def mean_loss(fn, repeats: int = 8) -> float:
+    return sum(fn(torch.Generator().manual_seed(100 + r)).item() for r in range(repeats)) / repeats
+
+
+def test_mining_lowers_the_mining_loss(tiny_pipe):
+    unet, sched = tiny_pipe.unet, tiny_pipe.scheduler
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randn(3, 4, 8, 8, generator=g)
+    init = torch.zeros(1, 4, TINY_WIDTH)
+    p = MineParams(epochs=60, lr=0.05, tokens=4, k=3, **SCHEDULE)
+    with torch.no_grad():
+        before = mean_loss(lambda gg: mining_loss(unet, sched, pool, init, gg))
+    c, losses = mine(unet, sched, pool, init, p, g)
+    with torch.no_grad():
+        after = mean_loss(lambda gg: mining_loss(unet, sched, pool, c, gg))
+    assert c.shape == init.shape and not torch.equal(c, init)
+    assert after < before
+    assert all(not q.requires_grad for q in unet.parameters())
+
+
+def test_delta_cosine_matches_hand_computed_value():
+    f_r = torch.tensor([1.0, 1.0, 0.0])
+    f_c = torch.tensor([2.0, 1.0, 0.0])  # delta (1, 0, 0)
+    f_e = torch.tensor([[3.0, 1.0, 0.0], [1.0, 2.0, 0.0], [0.0, 1.0, 0.0]])  # deltas (2,0,0), (0,1,0), (-1,0,0)
+    # cosines 1, 0, -1 -> mean 0
+    assert delta_cosine(f_c, f_r, f_e) == pytest.approx(0.0, abs=1e-6)
+    assert delta_cosine(f_c, f_r, f_e[:2]) == pytest.approx(0.5, abs=1e-6)
+    assert delta_cosine(f_c.unsqueeze(0), f_r.unsqueeze(0), f_e[:1]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_disabled_adapters_reproduce_the_base_unet_exactly():
+    base, adapted = tiny_unet(), tiny_unet()
+    params = add_lora(adapted, rank=4)
+    with torch.no_grad():
+        for q in params:
+            q.add_(0.1 * torch.randn_like(q))
+    x, c, t = torch.randn(2, 4, 8, 8), torch.randn(2, 5, TINY_WIDTH), torch.tensor([10, 700])
+    with torch.no_grad():
+        expected = base(x, t, encoder_hidden_states=c).sample
+        assert not torch.equal(adapted(x, t, encoder_hidden_states=c).sample, expected)
+        with adapters_disabled(adapted):
+            assert torch.equal(adapted(x, t, encoder_hidden_states=c).sample, expected)
+        # and the adapters are back on afterwards
+        assert not torch.equal(adapted(x, t, encoder_hidden_states=c).sample, expected)
+
+
+def test_lora_covers_self_and_cross_attention_values_only():
+    unet = tiny_unet()
+    add_lora(unet, rank=8)
+    names = [n for n, q in unet.named_parameters() if q.requires_grad]
+    assert names and all(".to_v.lora_" in n for n in names)
+    assert any(".attn1.to_v" in n for n in names) and any(".attn2.to_v" in n for n in names)
+
+
+def test_circumventing_lowers_l_c_while_l_p_stays_small():
+    unet = tiny_unet()
+    sched = world_scheduler()
+    torch.manual_seed(0)
+    params = add_lora(unet, rank=4)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(1, 4, 8, 8, generator=g)
+    c = 3 * torch.randn(1, 4, TINY_WIDTH, generator=g)
+    c0 = torch.randn(1, 6, TINY_WIDTH, generator=g)
+    with torch.no_grad():
+        lc_before = mean_loss(lambda gg: circumvent_losses(unet, sched, x0, c, c0, gg)[0])
+        lp_before = mean_loss(lambda gg: circumvent_losses(unet, sched, x0, c, c0, gg)[1])
+    p = CircumventParams(epochs=80, lr=0.01, **SCHEDULE)
+    circumvent(unet, sched, params, x0, c, c0, p, g)
+    with torch.no_grad():
+        lc_after = mean_loss(lambda gg: circumvent_losses(unet, sched, x0, c, c0, gg)[0])
+        lp_after = mean_loss(lambda gg: circumvent_losses(unet, sched, x0, c, c0, gg)[1])
+    assert lp_before == 0.0  # the adapters start as the identity
+    assert lc_after < 0.7 * lc_before
+    assert lp_after < 0.25 * lc_before
+
+
+def test_frozen_restores_gradient_flags():
+    unet = tiny_unet()
+    params = add_lora(unet, rank=2)
+    with frozen(unet):
+        assert not any(q.requires_grad for q in unet.parameters())
+    assert all(q.requires_grad for q in params)
+
+
+@pytest.mark.parametrize(
+    "cls,section,data,culprit",
+    [
+        (VerifyParams, "verify", {"tau": 1.5, "steps": 5, "guidance": 3.0, "seed": 0}, "verify.tau"),
+        (VerifyParams, "verify", {"tau": "high", "steps": 5, "guidance": 3.0, "seed": 0}, "verify.tau"),
+        (MineParams, "mine", {"epochs": 0, "lr": 0.1, **SCHEDULE}, "mine.epochs"),
+        (MineParams, "mine", {"epochs": 5, "lr": -0.1, **SCHEDULE}, "mine.lr"),
+        (MineParams, "mine", {"epochs": 5, "lr": 0.1, "tokenz": 3, **SCHEDULE}, "tokenz"),
+        (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, "r": 1.2, **SCHEDULE}, "circumvent.r"),
+        (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, **{**SCHEDULE, "optimizer": "lbfgs"}}, "circumvent.optimizer"),
+    ],
+)
+def test_bad_params_name_the_culprit(cls, section, data, culprit):
+    with pytest.raises(ParamsError, match=culprit.replace(".", r"\.")):
+        parse_section(cls, data, section)
