@@ -76,5 +76,5 @@ def tiny_clip() -> ClipModel:
         embed_dim=16,
         vision_cfg={"image_size": 32, "patch_size": 8, "width": 32, "head_width": 16, "layers": 1},
         text_cfg={"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
-    ).eval()
+    ).eval().requires_grad_(False)
     return ClipModel(model, open_clip.get_tokenizer("world-clip"), torch.device("cpu"))

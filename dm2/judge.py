@@ -1,0 +1,104 @@
+"""Judges: classifiers that say whether generated images still show a concept.
+
+Every judge maps images in [0, 1] (N x 3 x H x W) to per-class probabilities for each of
+its heads; `load_judge` picks the judge by kind. The shapes world's judge is a small CNN
+trained by stages/train_judge.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dm2.io import load_tensors, read_metadata, save_tensors
+
+WORLD_IMAGE_SIZE = 32
+
+
+class Judge(Protocol):
+    classes: dict[str, tuple[str, ...]]  # head name -> its class names
+
+    def probs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per head, N x n_classes probabilities (on CPU) for images in [0, 1]."""
+        ...
+
+
+def _block(c_in: int, c_out: int) -> nn.Sequential:
+    # GroupNorm rather than BatchNorm: identical behaviour in training and eval, so
+    # small or single-concept batches of generated images are judged like training ones.
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(8, c_out), nn.SiLU())
+
+
+class WorldJudge(nn.Module):
+    """Small CNN on 32x32 images with one head per attribute: shape, colour, texture."""
+
+    def __init__(self, shapes: list[str], colours: list[str], textures: list[str], width: int = 32) -> None:
+        super().__init__()
+        self.width = width
+        self.classes = {"shape": tuple(shapes), "colour": tuple(colours), "texture": tuple(textures)}
+        w = width
+        self.body = nn.Sequential(
+            _block(3, w), _block(w, w), nn.AvgPool2d(2),
+            _block(w, 2 * w), _block(2 * w, 2 * w), nn.AvgPool2d(2),
+            _block(2 * w, 4 * w), _block(4 * w, 4 * w),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )  # fmt: skip
+        self.heads = nn.ModuleDict({head: nn.Linear(4 * w, len(names)) for head, names in self.classes.items()})
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(penultimate features, logits per head) of images in [0, 1]; differentiable."""
+        if images.shape[-2:] != (WORLD_IMAGE_SIZE, WORLD_IMAGE_SIZE):
+            images = F.interpolate(images, (WORLD_IMAGE_SIZE,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        device = next(self.parameters()).device
+        feats = self.body(images.to(device, torch.float32) * 2 - 1)
+        return feats, {head: layer(feats) for head, layer in self.heads.items()}
+
+    @torch.no_grad()
+    def probs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        _, logits = self(images)
+        return {head: v.softmax(-1).cpu() for head, v in logits.items()}
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (on CPU), the embedding for Frechet distances."""
+        return self(images)[0].cpu()
+
+
+def save_world_judge(judge: WorldJudge, path: str | Path) -> None:
+    """float16 weights; class names and width go in the metadata so the file loads alone."""
+    weights = {k: v.to(torch.float16) for k, v in judge.state_dict().items()}
+    metadata = {"kind": "world", "width": str(judge.width), "classes": json.dumps({k: list(v) for k, v in judge.classes.items()})}
+    save_tensors(weights, path, metadata=metadata)
+
+
+def _load_world_judge(path: str) -> WorldJudge:
+    weights = load_tensors(path)  # raises FileNotFoundError naming the path
+    meta = read_metadata(path)
+    classes = json.loads(meta["classes"])
+    judge = WorldJudge(classes["shape"], classes["colour"], classes["texture"], width=int(meta["width"]))
+    judge.load_state_dict({k: v.float() for k, v in weights.items()})
+    return judge.eval().requires_grad_(False)
+
+
+JUDGES: dict[str, Callable[[str], Judge]] = {"world": _load_world_judge}
+
+
+def load_judge(kind: str, path: str) -> Judge:
+    if kind not in JUDGES:
+        raise ValueError(f"judge kind {kind!r} is unknown; allowed: {sorted(JUDGES)}")
+    return JUDGES[kind](path)
+
+
+def concept_scores(judge: Judge, images: torch.Tensor, concept: str) -> torch.Tensor:
+    """Per image, the judge's probability that it shows `concept` (a class of any head,
+    for the world judge usually a shape)."""
+    for head, names in judge.classes.items():
+        if concept in names:
+            return judge.probs(images)[head][:, names.index(concept)]
+    known = [name for names in judge.classes.values() for name in names]
+    raise ValueError(f"concept {concept!r} is not a class of this judge; known: {known}")

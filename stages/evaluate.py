@@ -1,0 +1,155 @@
+"""Stage evaluate: the base model and the erased model side by side, same prompts and seeds.
+
+- erasure: Ratio (% judged as the concept) and Score on the concept's normal prompts,
+  also split into prompts that say the concept's name and prompts that only use synonyms;
+- preservation: judge accuracy on prompts of the other shapes, CLIP score and Frechet
+  distance (judge features vs rendered references) on held-out world captions;
+- image grids: base row vs erased row, same seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from dm2.clip import ClipModel, clip_score, load_clip
+from dm2.concept import ConceptParams
+from dm2.config import load_params, parse_section, require
+from dm2.diffusion import encode_prompts, generate, load_pipeline
+from dm2.grid import image_grid
+from dm2.io import write_json
+from dm2.judge import Judge, judge_concept, load_judge
+from dm2.lora import load_lora_into
+from dm2.metrics import KINDS, erasure_ratio_score, frechet_distance
+from dm2.models import ModelsParams, resolve_device
+from dm2.prompts import read_prompts
+from dm2.training import WorldParams, world_split
+
+PROMPTS_DIR = Path("data/prompts")
+METRICS = Path("metrics/eval.json")
+GRIDS = Path("plots/grids")
+LORA_DIR = Path("artifacts/erase")
+
+
+@dataclass
+class EvaluateParams:
+    images_per_prompt: int  # paper: 10
+    n_prompts: int  # normal prompts used, from the top of the CSV
+    n_other: int
+    n_heldout: int  # paper: 5,000 COCO captions
+    steps: int
+    guidance: float
+    seed: int
+    kind: str  # "object" (shapes, objects, styles) or "inappropriate" (nudity, violence)
+    grid_images: int = 8
+
+    def validate(self, name: str) -> None:
+        for key in ("images_per_prompt", "n_prompts", "n_other", "n_heldout", "steps", "grid_images"):
+            require(getattr(self, key) > 0, f"{name}.{key}", f"must be positive, got {getattr(self, key)}")
+        require(self.kind in KINDS, f"{name}.kind", f"{self.kind!r} is not one of {list(KINDS)}")
+
+
+@dataclass
+class EvalSet:
+    """Everything both models are measured on: prompts, seeds and references."""
+
+    concept_prompts: list[str]
+    says_name: list[bool]
+    other_prompts: list[str]
+    other_shapes: list[str]
+    heldout_captions: list[str]
+    heldout_images: torch.Tensor
+
+
+def read_uses_name(path: Path, prompts: list[str]) -> list[bool]:
+    """The `uses_name` column of a world prompts CSV; all False when absent (real prompts)."""
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "uses_name" not in rows[0]:
+        return [False] * len(prompts)
+    return [row["uses_name"] == "True" for row in rows][: len(prompts)]
+
+
+def load_eval_set(concept: str, world: WorldParams, p: EvaluateParams) -> EvalSet:
+    path = PROMPTS_DIR / f"{concept}.csv"
+    prompts = read_prompts(path)[: p.n_prompts]
+    others_path = PROMPTS_DIR / f"others_{concept}.csv"
+    others = read_prompts(others_path)[: p.n_other]
+    with others_path.open(newline="") as f:
+        other_shapes = [row["shape"] for row in csv.DictReader(f)][: len(others)]
+    images, samples = world_split(world, "heldout")
+    n = min(p.n_heldout, len(samples))
+    return EvalSet(prompts, read_uses_name(path, prompts), others, other_shapes, [s.caption for s in samples[:n]], images[:n])
+
+
+def measure(
+    pipe: StableDiffusionPipeline, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """Metrics of one model, plus its first concept and other-prompt images for the grids."""
+
+    def images_for(prompts: list[str], seed: int) -> torch.Tensor:
+        return generate(pipe, encode_prompts(pipe, prompts), seed, p.steps, p.guidance)
+
+    repeated = [q for q in data.concept_prompts for _ in range(p.images_per_prompt)]
+    concept_images = images_for(repeated, p.seed)
+    scores, is_concept = judge_concept(judge, concept_images, concept)
+    ratio, score = erasure_ratio_score(is_concept, scores, p.kind)
+    named = torch.tensor([u for u in data.says_name for _ in range(p.images_per_prompt)])
+    metrics = {"ratio": ratio, "score": score}
+    if named.any():
+        metrics["ratio_name_prompts"] = erasure_ratio_score(is_concept[named], scores[named], p.kind)[0]
+    if (~named).any():
+        metrics["ratio_synonym_prompts"] = erasure_ratio_score(is_concept[~named], scores[~named], p.kind)[0]
+
+    other_images = images_for(data.other_prompts, p.seed + 1)
+    shape_probs = judge.probs(other_images)["shape"]
+    classes = list(judge.classes["shape"])
+    asked = torch.tensor([classes.index(s) for s in data.other_shapes])
+    metrics["other_shapes_accuracy"] = 100 * (shape_probs.argmax(-1) == asked).float().mean().item()
+
+    heldout = images_for(data.heldout_captions, p.seed + 2)
+    metrics["clip_score"] = clip_score(clip, heldout, data.heldout_captions).mean().item()
+    metrics["fd"] = frechet_distance(judge.features(heldout), judge.features(data.heldout_images))
+    step = max(1, p.images_per_prompt)
+    return metrics, concept_images[::step][: p.grid_images], other_images[: p.grid_images]
+
+
+def evaluate(
+    pipe: StableDiffusionPipeline, lora_dir: Path, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Base first, then the same pipeline with the erasure LoRA loaded."""
+    start = time.time()
+    base, base_concept, base_other = measure(pipe, judge, clip, data, concept, p)
+    load_lora_into(pipe, lora_dir)
+    erased, erased_concept, erased_other = measure(pipe, judge, clip, data, concept, p)
+    metrics = {"base": base, "erased": erased, "seconds": round(time.time() - start, 1)}
+    grids = {"concept": torch.stack([base_concept, erased_concept]), "other": torch.stack([base_other, erased_other])}
+    return metrics, grids
+
+
+def main() -> None:
+    params = load_params()
+    world = parse_section(WorldParams, params["world"], "world")
+    models = parse_section(ModelsParams, params["models"], "models")
+    concept = parse_section(ConceptParams, params["concept"], "concept")
+    p = parse_section(EvaluateParams, params["evaluate"], "evaluate")
+    device = resolve_device(params.get("device", "auto"))
+    data = load_eval_set(concept.name, world, p)
+    judge = load_judge(models.judge, models.judge_path)
+    clip = load_clip(models.clip_name, models.clip_pretrained, device)
+    pipe = load_pipeline(models.diffusion, device)
+    metrics, grids = evaluate(pipe, LORA_DIR, judge, clip, data, concept.name, p)
+    write_json(metrics, METRICS)
+    GRIDS.mkdir(parents=True, exist_ok=True)
+    for name, rows in grids.items():
+        image_grid(list(rows), ["base", "DM2"]).save(GRIDS / f"{name}.png")
+    print({k: v for k, v in metrics.items()})
+
+
+if __name__ == "__main__":
+    main()

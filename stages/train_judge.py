@@ -1,0 +1,89 @@
+"""Stage train_judge: train the world's judge (shape, colour and texture classifier) on
+rendered images, augmented so that it also judges the diffusion model's samples well."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dm2.augment import AugmentParams, augment
+from dm2.config import load_params, parse_section, require
+from dm2.io import write_json
+from dm2.judge import WorldJudge, save_world_judge
+from dm2.training import TrainParams, WorldParams, train_loop, world_split
+
+OUT = Path("artifacts/world/judge.safetensors")
+METRICS = Path("metrics/train_judge.json")
+
+
+@dataclass
+class JudgeTrainParams(TrainParams):
+    width: int = 32
+    augment: AugmentParams = field(default_factory=AugmentParams)
+
+    def validate(self, name: str) -> None:
+        super().validate(name)
+        require(self.width > 0 and self.width % 8 == 0, f"{name}.width", "must be a positive multiple of 8 (GroupNorm groups)")
+
+
+def labels_of(judge: WorldJudge, samples: list) -> dict[str, torch.Tensor]:
+    return {
+        head: torch.tensor([names.index(getattr(s, head)) for s in samples])
+        for head, names in judge.classes.items()
+    }
+
+
+def heldout_accuracy(judge: WorldJudge, world: WorldParams, p: JudgeTrainParams) -> dict[str, float]:
+    """Accuracy per head on clean held-out renders and on augmented ones (a proxy for
+    generated images)."""
+    images, samples = world_split(world, "heldout")
+    labels = labels_of(judge, samples)
+    g = torch.Generator().manual_seed(world.seed + 5)
+    metrics = {}
+    for prefix, x in (("heldout", images), ("heldout_augmented", augment(images, p.augment, g))):
+        probs = judge.probs(x)
+        for head, y in labels.items():
+            metrics[f"{prefix}_{head}_accuracy"] = (probs[head].argmax(-1) == y).float().mean().item()
+    return metrics
+
+
+def train_world_judge(world: WorldParams, p: JudgeTrainParams) -> tuple[WorldJudge, dict]:
+    start = time.time()
+    torch.manual_seed(world.seed)
+    images, samples = world_split(world, "train")
+    spec = world.spec()
+    judge = WorldJudge(list(spec.shapes), list(spec.colours), list(spec.textures), width=p.width).train()
+    labels = labels_of(judge, samples)
+    g = torch.Generator().manual_seed(world.seed + 4)
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+        _, logits = judge(augment(images[idx], p.augment, g))
+        return sum(F.cross_entropy(logits[head], labels[head][idx]) for head in logits)
+
+    losses = train_loop(list(judge.parameters()), loss_fn, len(images), p, world.seed, "judge")
+    judge.eval().requires_grad_(False)
+    seconds = time.time() - start
+    metrics = {
+        "final_loss": sum(losses[-100:]) / len(losses[-100:]),
+        "seconds": round(seconds, 1),
+        **heldout_accuracy(judge, world, p),
+    }
+    return judge, metrics
+
+
+def main() -> None:
+    params = load_params()
+    world = parse_section(WorldParams, params["world"], "world")
+    p = parse_section(JudgeTrainParams, params["train_judge"], "train_judge")
+    judge, metrics = train_world_judge(world, p)
+    save_world_judge(judge, OUT)
+    write_json(metrics, METRICS)
+    print(metrics)
+
+
+if __name__ == "__main__":
+    main()
