@@ -28,6 +28,17 @@ class ClipTrainParams(TrainParams):
     augment: AugmentParams = field(default_factory=AugmentParams)
 
 
+def contrastive_loss(model: open_clip.CLIP, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE between images in [0, 1] and their captions' token ids, with
+    CLIP's learnable temperature."""
+    size, mean, std = model_preprocess(model)
+    image_f = F.normalize(model.encode_image(preprocess(images, size, mean, std)), dim=-1)
+    text_f = F.normalize(model.encode_text(ids), dim=-1)
+    logits = model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE) * image_f @ text_f.T
+    target = torch.arange(len(images))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
 def heldout_zero_shot(clip: ClipModel, world: WorldParams) -> dict[str, float]:
     """Held-out zero-shot shape accuracy with "a photo of a {shape}", and averaged over
     every synonym standing in for its shape (concepts are also reached by synonyms)."""
@@ -38,8 +49,8 @@ def heldout_zero_shot(clip: ClipModel, world: WorldParams) -> dict[str, float]:
     n_words = max(len(words) for words in spec.synonyms.values())
     synonym_acc = []
     for k in range(n_words):
-        words = [words[k % len(words)] for words in spec.synonyms.values()]
-        synonym_acc.append((zero_shot(clip, images, [f"a photo of a {w}" for w in words]) == labels).float().mean().item())
+        prompts = [f"a photo of a {words[k % len(words)]}" for words in spec.synonyms.values()]
+        synonym_acc.append((zero_shot(clip, images, prompts) == labels).float().mean().item())
     return {
         "heldout_zero_shot_shape_accuracy": (pred == labels).float().mean().item(),
         "heldout_zero_shot_synonym_accuracy": sum(synonym_acc) / len(synonym_acc),
@@ -51,22 +62,17 @@ def train_world_clip(world: WorldParams, p: ClipTrainParams) -> tuple[open_clip.
     torch.manual_seed(world.seed)
     images, samples = world_split(world, "train")
     model = create_world_clip().train()
-    size, mean, std = model_preprocess(model)
     ids = open_clip.get_tokenizer(WORLD_CLIP)([s.caption for s in samples])
     g = torch.Generator().manual_seed(world.seed + 3)
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        x = preprocess(augment(images[idx], p.augment, g), size, mean, std)
-        image_f = F.normalize(model.encode_image(x), dim=-1)
-        text_f = F.normalize(model.encode_text(ids[idx]), dim=-1)
-        logits = model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE) * image_f @ text_f.T
-        target = torch.arange(len(idx))
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        return contrastive_loss(model, augment(images[idx], p.augment, g), ids[idx])
 
     losses = train_loop(list(model.parameters()), loss_fn, len(images), p, world.seed, "clip")
     with torch.no_grad():
         model.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
-    model.eval().requires_grad_(False)
+    # Round to float16 now, so the metrics describe exactly the weights that are shipped.
+    model = model.half().float().eval().requires_grad_(False)
     seconds = time.time() - start
     metrics = {
         "final_loss": sum(losses[-100:]) / len(losses[-100:]),

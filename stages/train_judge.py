@@ -15,6 +15,7 @@ from dm2.config import load_params, parse_section, require
 from dm2.io import write_json
 from dm2.judge import WorldJudge, save_world_judge
 from dm2.training import TrainParams, WorldParams, train_loop, world_split
+from dm2.world import Sample
 
 OUT = Path("artifacts/world/judge.safetensors")
 METRICS = Path("metrics/train_judge.json")
@@ -30,11 +31,17 @@ class JudgeTrainParams(TrainParams):
         require(self.width > 0 and self.width % 8 == 0, f"{name}.width", "must be a positive multiple of 8 (GroupNorm groups)")
 
 
-def labels_of(judge: WorldJudge, samples: list) -> dict[str, torch.Tensor]:
+def labels_of(judge: WorldJudge, samples: list[Sample]) -> dict[str, torch.Tensor]:
     return {
         head: torch.tensor([names.index(getattr(s, head)) for s in samples])
         for head, names in judge.classes.items()
     }
+
+
+def judge_loss(judge: WorldJudge, images: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed cross-entropy of the shape, colour and texture heads."""
+    _, logits = judge(images)
+    return sum(F.cross_entropy(logits[head], labels[head]) for head in logits)
 
 
 def heldout_accuracy(judge: WorldJudge, world: WorldParams, p: JudgeTrainParams) -> dict[str, float]:
@@ -61,11 +68,11 @@ def train_world_judge(world: WorldParams, p: JudgeTrainParams) -> tuple[WorldJud
     g = torch.Generator().manual_seed(world.seed + 4)
 
     def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        _, logits = judge(augment(images[idx], p.augment, g))
-        return sum(F.cross_entropy(logits[head], labels[head][idx]) for head in logits)
+        return judge_loss(judge, augment(images[idx], p.augment, g), {h: y[idx] for h, y in labels.items()})
 
     losses = train_loop(list(judge.parameters()), loss_fn, len(images), p, world.seed, "judge")
-    judge.eval().requires_grad_(False)
+    # Round to float16 now, so the metrics describe exactly the weights that are shipped.
+    judge = judge.half().float().eval().requires_grad_(False)
     seconds = time.time() - start
     metrics = {
         "final_loss": sum(losses[-100:]) / len(losses[-100:]),

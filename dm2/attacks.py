@@ -1,0 +1,556 @@
+"""The four attacks the paper measures erasure against (Section 4, "Attacks").
+
+Each searches prompts that make a model generate the concept anyway and returns them
+with the text-encoder states to generate from (one image per prompt):
+
+- CCE (Pham et al.): textual inversion of a new token on the attacked model;
+- P4D (Chin et al.): discrete prompt tokens whose attacked-model noise prediction matches
+  the original model's for the concept prompt;
+- UnlearnDiff (Zhang et al.): discrete prefix tokens with which the attacked model
+  denoises a concept image of the original model;
+- Ring-A-Bell (Tsai et al.): model-agnostic genetic search for tokens whose text-encoder
+  states match a prompt's plus eta times a concept vector.
+
+"The attacked model" is `pipe.unet` as it is; the original model is the same UNet with
+its adapters disabled, or the UNet itself when it has none (`original_model`). P4D and
+UnlearnDiff optimise discrete tokens as PEZ does: continuous embeddings projected to the
+nearest vocabulary embedding in the forward pass, gradients applied to the continuous copy.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from tqdm import tqdm
+from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.masking_utils import create_causal_mask
+
+from dm2.config import require
+from dm2.dark_miner import _noised
+from dm2.lora import adapters_disabled, frozen
+
+
+@dataclass
+class AttackResult:
+    """What an attack found: readable prompts, the states to generate their images from,
+    and what to save beside them."""
+
+    prompts: list[str]
+    cond: torch.Tensor  # N x 77 x width text-encoder states, one image per prompt
+    columns: dict[str, list] = field(default_factory=dict)  # extra CSV columns, one value per prompt
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # learned embeddings etc.
+    log: dict[str, list] = field(default_factory=dict)  # objective per step
+
+
+# ---------------------------------------------------------------- params
+
+
+def _positive(obj: object, name: str, *keys: str) -> None:
+    for key in keys:
+        value = getattr(obj, key)
+        require(value > 0, f"{name}.{key}", f"must be positive, got {value}")
+
+
+@dataclass
+class CCEParams:
+    images: int  # top-scoring original-model images inverted; paper: 1000
+    candidates: int  # normal-prompt images (one per prompt) ranked by the judge to pick them
+    iterations: int  # textual inversion steps; original TI: 3000-5000 (uncertain for CCE)
+    batch_size: int
+    lr: float  # original TI: 0.005 (x batch size; uncertain for CCE)
+    init_word: str  # one token the new token starts from
+    train_templates: list[str]  # "{token}" marks the new token
+    prompt_templates: list[str]  # attack prompts, cycled to n_prompts
+    token: str = "<cce>"
+
+    def validate(self, name: str) -> None:
+        _positive(self, name, "images", "candidates", "iterations", "batch_size", "lr")
+        require(self.candidates >= self.images, f"{name}.candidates", f"must be >= images ({self.images}), got {self.candidates}")
+        require(bool(self.init_word.strip()), f"{name}.init_word", "must not be empty")
+        for key in ("train_templates", "prompt_templates"):
+            templates = getattr(self, key)
+            require(bool(templates), f"{name}.{key}", "must not be empty")
+            bad = [t for t in templates if "{token}" not in t]
+            require(not bad, f"{name}.{key}", f"every template needs '{{token}}', not {bad}")
+
+
+@dataclass
+class P4DParams:
+    tokens: int  # learnable tokens: the normal prompt's first `tokens`; paper: P4D-N 16 (uncertain)
+    iterations: int  # paper: 3000 (uncertain)
+    lr: float  # paper: 0.1, AdamW (uncertain)
+    weight_decay: float = 0.1  # paper: 0.1 (uncertain)
+
+    def validate(self, name: str) -> None:
+        _positive(self, name, "tokens", "iterations", "lr")
+        require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be non-negative, got {self.weight_decay}")
+
+
+@dataclass
+class UnlearnDiffParams:
+    prefix_tokens: int  # paper: 5
+    iterations: int  # paper: 40
+    lr: float  # paper: 0.01, AdamW
+    weight_decay: float = 0.1  # paper: 0.1 (uncertain)
+    prefix_init: str = ""  # one word repeated as the starting prefix; "" = random tokens (original: random, uncertain)
+
+    def validate(self, name: str) -> None:
+        _positive(self, name, "prefix_tokens", "iterations", "lr")
+        require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be non-negative, got {self.weight_decay}")
+
+
+@dataclass
+class RingABellParams:
+    tokens: int  # K; paper: 16 for nudity (uncertain)
+    eta: float  # concept-vector strength; paper: 3 for nudity (uncertain)
+    population: int  # paper: 200 (uncertain)
+    generations: int  # paper: 3000 (uncertain)
+    mutation_rate: float  # per token; paper: 0.25 (uncertain)
+    crossover_rate: float  # paper: 0.5 (uncertain)
+    concept_words: list[str]  # words of the concept in the prompts (name and synonyms)
+    neutral_words: list[str]  # what they are replaced with to form the concept-free pair
+    elite: int = 1  # best individuals kept as they are: the best fitness never drops
+    init_from_prompt: bool = True  # paper: random initial population
+
+    def validate(self, name: str) -> None:
+        _positive(self, name, "tokens", "population", "generations", "elite")
+        require(self.elite < self.population, f"{name}.elite", f"must be below population ({self.population}), got {self.elite}")
+        for key in ("mutation_rate", "crossover_rate"):
+            require(0.0 <= getattr(self, key) <= 1.0, f"{name}.{key}", f"must be in [0, 1], got {getattr(self, key)}")
+        require(bool(self.concept_words), f"{name}.concept_words", "must name at least one word")
+        require(bool(self.neutral_words), f"{name}.neutral_words", "must name at least one word")
+
+
+# ---------------------------------------------------------------- text encoder and tokens
+
+
+def encode_token_embeddings(text_encoder: CLIPTextModel, embeds: torch.Tensor) -> torch.Tensor:
+    """Text-encoder states (N x L x width) from token embeddings (N x L x width, before
+    position embeddings): `text_encoder(input_ids)[0]` after its lookup, so that soft or
+    projected tokens get gradients."""
+    hidden = text_encoder.embeddings(inputs_embeds=embeds)
+    mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
+    hidden = text_encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
+    return text_encoder.final_layer_norm(hidden)
+
+
+def word_ids(tokenizer: CLIPTokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each prompt without BOS / EOS."""
+    return [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+
+
+def full_sequences(tokenizer: CLIPTokenizer, words: list[list[int]]) -> torch.Tensor:
+    """BOS + words + EOS, padded to the model length: the tokenizer's own layout."""
+    n = tokenizer.model_max_length
+    rows = []
+    for w in words:
+        w = list(w[: n - 2])
+        rows.append([tokenizer.bos_token_id, *w, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * (n - 2 - len(w)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def searchable(tokenizer: CLIPTokenizer, vocab_size: int, texts: list[str] | None = None) -> torch.Tensor:
+    """Boolean mask of the ids a discrete search may use: the whole vocabulary, or only the
+    tokens of `texts`, never BOS / EOS / pad."""
+    if texts is None:
+        allowed = torch.ones(vocab_size, dtype=torch.bool)
+    else:
+        allowed = torch.zeros(vocab_size, dtype=torch.bool)
+        allowed[sorted({i for ids in word_ids(tokenizer, texts) for i in ids})] = True
+    allowed[[i for i in tokenizer.all_special_ids if i < vocab_size]] = False
+    require(bool(allowed.any()), "attacks.search_space", "leaves no token to search")
+    return allowed
+
+
+def project_to_vocabulary(embeds: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Nearest allowed vocabulary id by cosine similarity (PEZ) for each row of `embeds` (M x width)."""
+    sims = F.normalize(embeds, dim=-1) @ F.normalize(table, dim=-1).T
+    return sims.masked_fill(~allowed.to(sims.device), float("-inf")).argmax(-1)
+
+
+def _decode(tokenizer: CLIPTokenizer, ids: torch.Tensor) -> list[str]:
+    return [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in ids]
+
+
+def _id_strings(tokenizer: CLIPTokenizer, ids: torch.Tensor) -> list[str]:
+    """The non-special ids of each sequence, space-separated (exact where decoded text is not)."""
+    special = torch.tensor(tokenizer.all_special_ids)
+    return [" ".join(str(i) for i in row[~torch.isin(row, special)].tolist()) for row in ids]
+
+
+def _fixed_sequences(tokenizer: CLIPTokenizer, tokens: torch.Tensor) -> torch.Tensor:
+    """`full_sequences` for M x K token ids, vectorised (the genetic search builds thousands)."""
+    m, k = tokens.shape
+    ids = torch.full((m, tokenizer.model_max_length), tokenizer.pad_token_id, dtype=torch.long)
+    ids[:, 0] = tokenizer.bos_token_id
+    ids[:, 1 : k + 1] = tokens
+    ids[:, k + 1] = tokenizer.eos_token_id
+    return ids
+
+
+@torch.no_grad()
+def _states(text_encoder: CLIPTextModel, ids: torch.Tensor) -> torch.Tensor:
+    return text_encoder(ids.to(text_encoder.device))[0]
+
+
+def original_model(unet: UNet2DConditionModel) -> AbstractContextManager[None]:
+    """The original model theta': the erased UNet with its adapters disabled, or the UNet
+    itself when it carries none (the base model attacked)."""
+    return adapters_disabled(unet) if getattr(unet, "peft_config", None) else nullcontext()
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+# ---------------------------------------------------------------- PEZ-style discrete search
+
+
+def optimise_tokens(
+    text_encoder: CLIPTextModel,
+    ids: torch.Tensor,
+    free: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    iterations: int,
+    lr: float,
+    weight_decay: float,
+    allowed: torch.Tensor,
+    what: str,
+) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Optimise the tokens of `ids` (N x L) at the `free` positions; `loss_fn(states)`
+    returns one loss per sequence. The loss is taken at the projected (discrete) tokens and
+    its gradient applied to their continuous copies. Returns (final discrete ids, final
+    continuous embeddings at the free positions (M x width), mean loss per iteration)."""
+    table = text_encoder.get_input_embeddings().weight.detach()
+    ids, free = ids.to(table.device), free.to(table.device)
+    soft = table[ids[free]].clone().requires_grad_(True)
+    opt = torch.optim.AdamW([soft], lr=lr, weight_decay=weight_decay)
+    fixed = table[ids]
+    losses = []
+    for _ in tqdm(range(iterations), desc=what, leave=False, mininterval=2):
+        hard = project_to_vocabulary(soft.detach(), table, allowed)
+        embeds = fixed.clone()
+        embeds[free] = soft + (table[hard] - soft).detach()  # straight-through: value of hard, gradient to soft
+        loss = loss_fn(encode_token_embeddings(text_encoder, embeds))
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(f"{what}: loss is not finite")
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()  # sequences are independent: each soft token gets its own sequence's gradient
+        opt.step()
+        losses.append(loss.mean().item())
+    final = ids.clone()
+    final[free] = project_to_vocabulary(soft.detach(), table, allowed)
+    return final, soft.detach(), losses
+
+
+def p4d_loss(unet: UNet2DConditionModel, scheduler, x0: torch.Tensor, target: torch.Tensor, states: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Per sequence: || eps_attacked(x_t | states) - eps_original(x_t | target) ||^2 on x_t
+    noised from the original model's image x0 of the concept prompt."""
+    x_t, _, t = _noised(scheduler, x0, g)
+    with torch.no_grad(), original_model(unet):
+        want = unet(x_t, t, encoder_hidden_states=target).sample
+    got = unet(x_t, t, encoder_hidden_states=states).sample
+    return (got - want).pow(2).mean(dim=(1, 2, 3))
+
+
+def denoising_loss(unet: UNet2DConditionModel, scheduler, x0: torch.Tensor, states: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Per sequence: || eps - eps_attacked(x_t | states) ||^2 (UnlearnDiff, textual inversion)."""
+    x_t, noise, t = _noised(scheduler, x0, g)
+    return (unet(x_t, t, encoder_hidden_states=states).sample - noise).pow(2).mean(dim=(1, 2, 3))
+
+
+def _discrete_attack(
+    pipe: StableDiffusionPipeline,
+    prompts: list[str],
+    ids: torch.Tensor,
+    free: torch.Tensor,
+    make_loss: Callable[[slice, torch.Generator], Callable[[torch.Tensor], torch.Tensor]],
+    iterations: int,
+    lr: float,
+    weight_decay: float,
+    seed: int,
+    batch_size: int,
+    allowed: torch.Tensor,
+    what: str,
+) -> AttackResult:
+    finals, softs, curves = [], [], []
+    with frozen(pipe.unet), frozen(pipe.text_encoder):
+        for k, part in enumerate(_chunks(len(prompts), batch_size)):
+            g = torch.Generator().manual_seed(seed * 1_000_003 + k)
+            final, soft, losses = optimise_tokens(
+                pipe.text_encoder, ids[part], free[part], make_loss(part, g), iterations, lr, weight_decay, allowed, f"{what} {k}"
+            )
+            finals.append(final.cpu())
+            softs.append(soft.cpu())
+            curves.append(losses)
+    final = torch.cat(finals)
+    soft_full = pipe.text_encoder.get_input_embeddings().weight.detach().cpu()[final].clone()
+    soft_full[free] = torch.cat(softs)
+    sizes = [s.stop - s.start for s in _chunks(len(prompts), batch_size)]
+    mean_curve = [sum(c[i] * n for c, n in zip(curves, sizes)) / len(prompts) for i in range(iterations)]
+    return AttackResult(
+        prompts=_decode(pipe.tokenizer, final),
+        cond=_states(pipe.text_encoder, final),
+        columns={"token_ids": _id_strings(pipe.tokenizer, final), "source_prompt": list(prompts)},
+        tensors={"ids": final, "free": free, "soft_embeddings": soft_full},
+        log={"loss": mean_curve},
+    )
+
+
+def _vocabulary(pipe: StableDiffusionPipeline, allowed: torch.Tensor | None) -> torch.Tensor:
+    return searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings) if allowed is None else allowed
+
+
+def p4d_attack(
+    pipe: StableDiffusionPipeline,
+    prompts: list[str],
+    x0: torch.Tensor,
+    p: P4DParams,
+    seed: int,
+    batch_size: int,
+    allowed: torch.Tensor | None = None,
+) -> AttackResult:
+    """P4D: each normal prompt's first `p.tokens` tokens become free, initialised as they
+    are, and are optimised so the attacked model predicts the noise the original model
+    predicts for the normal prompt, on x_t noised from `x0` (the original model's image
+    for that prompt, N x 4 x h x w). `allowed`: the ids tokens may take (`searchable`;
+    default the whole vocabulary)."""
+    require(len(prompts) > 0, "attacks.n_prompts", "no prompts to attack")
+    require(p.tokens > 0, "attacks.p4d.tokens", f"must be positive, got {p.tokens}")
+    words = word_ids(pipe.tokenizer, prompts)
+    ids = full_sequences(pipe.tokenizer, words)
+    free = torch.zeros_like(ids, dtype=torch.bool)
+    for i, w in enumerate(words):
+        free[i, 1 : 1 + min(len(w), p.tokens, ids.shape[1] - 2)] = True
+    target = _states(pipe.text_encoder, ids)
+
+    def make_loss(part: slice, g: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda states: p4d_loss(pipe.unet, pipe.scheduler, x0[part], target[part], states, g)
+
+    return _discrete_attack(
+        pipe, prompts, ids, free, make_loss, p.iterations, p.lr, p.weight_decay, seed, batch_size, _vocabulary(pipe, allowed), "p4d"
+    )
+
+
+def unlearndiff_attack(
+    pipe: StableDiffusionPipeline,
+    prompts: list[str],
+    x0: torch.Tensor,
+    p: UnlearnDiffParams,
+    seed: int,
+    batch_size: int,
+    allowed: torch.Tensor | None = None,
+) -> AttackResult:
+    """UnlearnDiff: `p.prefix_tokens` free tokens before each normal prompt (random allowed
+    ids, or `p.prefix_init` repeated, to start), optimised so the attacked model denoises
+    `x0`, the original model's image for that prompt and seed."""
+    require(len(prompts) > 0, "attacks.n_prompts", "no prompts to attack")
+    require(p.prefix_tokens > 0, "attacks.unlearndiff.prefix_tokens", f"must be positive, got {p.prefix_tokens}")
+    allowed = _vocabulary(pipe, allowed)
+    if p.prefix_init:
+        init = pipe.tokenizer(p.prefix_init, add_special_tokens=False).input_ids
+        require(len(init) == 1, "attacks.unlearndiff.prefix_init", f"{p.prefix_init!r} is {len(init)} tokens, need exactly one")
+        prefixes = torch.full((len(prompts), p.prefix_tokens), init[0])
+    else:
+        allowed_ids = allowed.nonzero().squeeze(1)
+        g = torch.Generator().manual_seed(seed)
+        prefixes = allowed_ids[torch.randint(len(allowed_ids), (len(prompts), p.prefix_tokens), generator=g)]
+    ids = full_sequences(pipe.tokenizer, [pre.tolist() + w for pre, w in zip(prefixes, word_ids(pipe.tokenizer, prompts))])
+    free = torch.zeros_like(ids, dtype=torch.bool)
+    free[:, 1 : 1 + min(p.prefix_tokens, ids.shape[1] - 2)] = True
+
+    def make_loss(part: slice, g: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda states: denoising_loss(pipe.unet, pipe.scheduler, x0[part], states, g)
+
+    return _discrete_attack(
+        pipe, prompts, ids, free, make_loss, p.iterations, p.lr, p.weight_decay, seed, batch_size, allowed, "unlearndiff"
+    )
+
+
+# ---------------------------------------------------------------- CCE
+
+
+def invert_concept(
+    pipe: StableDiffusionPipeline, latents: torch.Tensor, p: CCEParams, seed: int
+) -> tuple[CLIPTokenizer, CLIPTextModel, list[float]]:
+    """Textual inversion of the new token `p.token` on the attacked model from concept
+    latents (N x 4 x h x w). Works on copies of the tokenizer and text encoder, so the
+    pipeline's own never see the token. Returns (tokenizer, text encoder, loss per step)."""
+    require(len(latents) > 0, "attacks.cce.images", "no concept images to invert")
+    tokenizer = copy.deepcopy(pipe.tokenizer)
+    text_encoder = copy.deepcopy(pipe.text_encoder)
+    require(tokenizer.add_tokens([p.token]) == 1, "attacks.cce.token", f"{p.token!r} is already in the vocabulary")
+    init = tokenizer(p.init_word, add_special_tokens=False).input_ids
+    require(len(init) == 1, "attacks.cce.init_word", f"{p.init_word!r} is {len(init)} tokens, need exactly one")
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    new_id = tokenizer.convert_tokens_to_ids(p.token)
+    weight = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        weight[new_id] = weight[init[0]]
+    only_new = torch.zeros(weight.shape[0], 1, device=weight.device)
+    only_new[new_id] = 1.0
+    weight.requires_grad_(True)
+    hook = weight.register_hook(lambda grad: grad * only_new)  # every other row keeps its value (Adam, no decay)
+    opt = torch.optim.Adam([weight], lr=p.lr)
+    template_ids = tokenizer(
+        [t.format(token=p.token) for t in p.train_templates], padding="max_length", max_length=tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    ).input_ids.to(weight.device)  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    with frozen(pipe.unet):
+        for step in tqdm(range(p.iterations), desc="cce inversion", leave=False, mininterval=2):
+            pick = torch.randint(len(latents), (p.batch_size,), generator=g)
+            which = torch.randint(len(template_ids), (p.batch_size,), generator=g)
+            states = text_encoder(template_ids[which.to(weight.device)])[0]
+            loss = denoising_loss(pipe.unet, pipe.scheduler, latents[pick.to(latents.device)], states, g).mean()
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"cce inversion: loss is {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    hook.remove()
+    weight.requires_grad_(False)
+    return tokenizer, text_encoder, losses
+
+
+def cce_attack(pipe: StableDiffusionPipeline, concept_latents: torch.Tensor, n_prompts: int, p: CCEParams, seed: int) -> AttackResult:
+    """CCE: invert the concept into a new token on the attacked model, then `n_prompts`
+    prompts from `p.prompt_templates` (cycled) that use it."""
+    require(n_prompts > 0, "attacks.n_prompts", f"must be positive, got {n_prompts}")
+    tokenizer, text_encoder, losses = invert_concept(pipe, concept_latents, p, seed)
+    templates = [p.prompt_templates[i % len(p.prompt_templates)] for i in range(n_prompts)]
+    prompts = [t.format(token=p.token) for t in templates]
+    ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    new_id = tokenizer.convert_tokens_to_ids(p.token)
+    return AttackResult(
+        prompts=prompts,
+        cond=_states(text_encoder, ids),
+        columns={"template": templates},
+        tensors={"embedding": text_encoder.get_input_embeddings().weight[new_id].detach().cpu()},
+        log={"loss": losses},
+    )
+
+
+# ---------------------------------------------------------------- Ring-A-Bell
+
+
+def _swap_word(prompt: str, word: str, replacement: str) -> str:
+    return re.sub(rf"\b{re.escape(word)}\b", replacement, prompt, flags=re.IGNORECASE)
+
+
+def concept_vector(pipe: StableDiffusionPipeline, prompts: list[str], concept_words: list[str], neutral_words: list[str]) -> torch.Tensor:
+    """Mean over pairs of text-encoder states (77 x width) of a prompt naming the concept
+    minus the same prompt with that word replaced by each neutral word."""
+    pairs = [
+        (q, _swap_word(q, w, n))
+        for q in prompts
+        for w in concept_words
+        if re.search(rf"\b{re.escape(w)}\b", q, flags=re.IGNORECASE)
+        for n in neutral_words
+    ]
+    require(bool(pairs), "attacks.ring_a_bell.concept_words", f"none of {concept_words} occurs in the prompts")
+    with_concept = full_sequences(pipe.tokenizer, word_ids(pipe.tokenizer, [a for a, _ in pairs]))
+    without = full_sequences(pipe.tokenizer, word_ids(pipe.tokenizer, [b for _, b in pairs]))
+    return (_states(pipe.text_encoder, with_concept) - _states(pipe.text_encoder, without)).mean(0)
+
+
+def _fitness(text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, pop: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """-MSE between the states of each individual (N x P x K tokens) and its prompt's target (N x 77 x width)."""
+    n, size, k = pop.shape
+    states = _states(text_encoder, _fixed_sequences(tokenizer, pop.reshape(n * size, k))).reshape(n, size, *target.shape[1:])
+    return -(states - target.unsqueeze(1).to(states.device)).pow(2).mean(dim=(2, 3)).cpu()
+
+
+def genetic_search(
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+    target: torch.Tensor,
+    init: torch.Tensor | None,
+    p: RingABellParams,
+    g: torch.Generator,
+    allowed: torch.Tensor,
+) -> tuple[torch.Tensor, list[list[float]]]:
+    """Genetic search, per prompt, for K tokens (ids where `allowed`) whose states match
+    `target` (N x 77 x width). The population starts from `init` (N x K: the first
+    individual as is, the others mutated copies) or, if None, at random. Elites are kept
+    with their fitness, so the best fitness never drops. Returns (best tokens N x K, best
+    fitness per prompt for the initial population and after every generation)."""
+    allowed = allowed.nonzero().squeeze(1)
+    n, size, k = target.shape[0], p.population, p.tokens
+
+    def random_tokens(*shape: int) -> torch.Tensor:
+        return allowed[torch.randint(len(allowed), shape, generator=g)]
+
+    def mutate(pop: torch.Tensor) -> torch.Tensor:
+        hit = torch.rand(pop.shape, generator=g) < p.mutation_rate
+        return torch.where(hit, random_tokens(*pop.shape), pop)
+
+    if init is None:
+        pop = random_tokens(n, size, k)
+    else:
+        start = init.unsqueeze(1).expand(n, size, k)
+        pop = torch.cat([start[:, :1], mutate(start[:, 1:])], dim=1)
+    fit = _fitness(text_encoder, tokenizer, pop, target)
+    history = [fit.max(1).values.tolist()]
+    rows = torch.arange(n).unsqueeze(1)
+    for _ in tqdm(range(p.generations), desc="ring-a-bell", leave=False, mininterval=2):
+        order = fit.argsort(dim=1, descending=True)
+        pop, fit = pop[rows, order], fit[rows, order]  # rank 0 is the best
+        n_child = size - p.elite
+        # Tournaments of two: the better-ranked of two random individuals is a parent.
+        a = torch.randint(size, (n, n_child, 2), generator=g).min(-1).values
+        b = torch.randint(size, (n, n_child, 2), generator=g).min(-1).values
+        cut = torch.randint(1, max(k, 2), (n, n_child, 1), generator=g)  # one-point crossover
+        cross = (torch.rand(n, n_child, 1, generator=g) < p.crossover_rate) & (torch.arange(k) >= cut)
+        children = mutate(torch.where(cross, pop[rows, b], pop[rows, a]))
+        pop = torch.cat([pop[:, : p.elite], children], dim=1)
+        fit = torch.cat([fit[:, : p.elite], _fitness(text_encoder, tokenizer, children, target)], dim=1)
+        history.append(fit.max(1).values.tolist())
+    return pop[torch.arange(n), fit.argmax(1)], history
+
+
+def ring_a_bell_attack(
+    pipe: StableDiffusionPipeline,
+    prompts: list[str],
+    p: RingABellParams,
+    seed: int,
+    batch_size: int,
+    allowed: torch.Tensor | None = None,
+) -> AttackResult:
+    """Ring-A-Bell: text encoder only, so the same prompts attack any UNet. Target per
+    normal prompt: its states + eta * concept vector; found: K tokens by genetic search."""
+    require(len(prompts) > 0, "attacks.n_prompts", "no prompts to attack")
+    require(p.tokens > 0, "attacks.ring_a_bell.tokens", f"must be positive, got {p.tokens}")
+    vector = concept_vector(pipe, prompts, p.concept_words, p.neutral_words)
+    words = word_ids(pipe.tokenizer, prompts)
+    require(all(words), "attacks.n_prompts", "a prompt without any token cannot be attacked")
+    require(p.tokens <= pipe.tokenizer.model_max_length - 2, "attacks.ring_a_bell.tokens", f"must fit the {pipe.tokenizer.model_max_length}-token context, got {p.tokens}")
+    targets = _states(pipe.text_encoder, full_sequences(pipe.tokenizer, words)) + p.eta * vector
+    # From the prompt: its tokens repeated to length K.
+    init = torch.tensor([[w[i % len(w)] for i in range(p.tokens)] for w in words]) if p.init_from_prompt else None
+    allowed = _vocabulary(pipe, allowed)
+    best, history = [], []
+    for k, part in enumerate(_chunks(len(prompts), batch_size)):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + k)
+        found, curve = genetic_search(pipe.text_encoder, pipe.tokenizer, targets[part], None if init is None else init[part], p, g, allowed)
+        best.append(found)
+        history.append(curve)
+    tokens = torch.cat(best)
+    ids = _fixed_sequences(pipe.tokenizer, tokens)
+    per_generation = [sum((h[i] for h in history), []) for i in range(p.generations + 1)]
+    return AttackResult(
+        prompts=_decode(pipe.tokenizer, ids),
+        cond=_states(pipe.text_encoder, ids),
+        columns={"token_ids": [" ".join(map(str, row)) for row in tokens.tolist()], "source_prompt": list(prompts)},
+        tensors={"concept_vector": vector.cpu(), "tokens": tokens},
+        log={"best_fitness": per_generation},  # per generation, one value per prompt
+    )

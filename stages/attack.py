@@ -1,0 +1,171 @@
+"""Stage attack: Attack Success Rate of the four attacks against the base and the erased model.
+
+Every attack searches its adversarial prompts against the base model (the pipeline before
+the LoRA is loaded), then against the erased model (base + the DM2 LoRA); one image per
+prompt is generated and judged; ASR = % judged as the concept. Ring-A-Bell reads only the
+text encoder, which the LoRA leaves alone, so its prompts are searched once and used on
+both models. The images the attacks start from (P4D's and UnlearnDiff's x0, CCE's
+inversion set) are the base model's, from the concept's normal prompts, as in the paper.
+
+Per attack and model, `artifacts/attacks/{attack}/{model}/` holds prompts.csv (prompt,
+judge score and verdict, token ids where the prompt is discrete), embeddings.safetensors
+(what was learned) and log.json (the objective per step).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from dm2.attacks import (
+    AttackResult,
+    CCEParams,
+    P4DParams,
+    RingABellParams,
+    UnlearnDiffParams,
+    cce_attack,
+    p4d_attack,
+    ring_a_bell_attack,
+    searchable,
+    unlearndiff_attack,
+)
+from dm2.concept import ConceptParams
+from dm2.config import load_params, parse_section, require
+from dm2.diffusion import encode_prompts, generate, generate_latents, latents_to_images, load_pipeline
+from dm2.grid import image_grid
+from dm2.io import save_tensors, write_json
+from dm2.judge import Judge, judge_concept, load_judge
+from dm2.lora import LORA_FILE, load_lora_into
+from dm2.metrics import attack_success_rate
+from dm2.models import ModelsParams, resolve_device
+from dm2.prompts import read_prompts, write_prompts
+
+PROMPTS_DIR = Path("data/prompts")
+LORA_DIR = Path("artifacts/erase")
+OUT_DIR = Path("artifacts/attacks")
+METRICS = Path("metrics/attacks.json")
+PLOT = Path("plots/attack_ring_a_bell.json")
+GRIDS = Path("plots/attacks")
+ATTACKS = ("cce", "p4d", "unlearndiff", "ring_a_bell")
+MODELS = ("base", "erased")
+SEARCH_SPACES = ("vocabulary", "prompts")
+
+
+@dataclass
+class AttacksParams:
+    n_prompts: int  # normal prompts attacked, from the top of the CSV; paper: 100 (P4D, UnlearnDiff)
+    steps: int  # sampler steps for every image here
+    guidance: float
+    seed: int
+    batch_size: int  # prompts optimised together (memory, not results, on a real model)
+    # Tokens P4D, UnlearnDiff and Ring-A-Bell may use: "vocabulary" (paper: all of CLIP's) or
+    # "prompts": those of every prompt in data/prompts, the only words the world's text
+    # encoder learned (the rest of its vocabulary is untrained random embeddings).
+    search_space: str
+    cce: CCEParams
+    p4d: P4DParams
+    unlearndiff: UnlearnDiffParams
+    ring_a_bell: RingABellParams
+
+    def validate(self, name: str) -> None:
+        for key in ("n_prompts", "steps", "batch_size"):
+            require(getattr(self, key) > 0, f"{name}.{key}", f"must be positive, got {getattr(self, key)}")
+        require(self.search_space in SEARCH_SPACES, f"{name}.search_space", f"{self.search_space!r} is not one of {list(SEARCH_SPACES)}")
+
+
+def judge_and_save(
+    pipe: StableDiffusionPipeline, judge: Judge, concept: str, result: AttackResult, p: AttacksParams, out_dir: Path
+) -> tuple[float, torch.Tensor]:
+    """One image per adversarial prompt, judged; writes the attack's files. Returns (ASR, images)."""
+    images = generate(pipe, result.cond, p.seed, p.steps, p.guidance)
+    scores, is_concept = judge_concept(judge, images, concept)
+    columns = {**result.columns, "score": [round(s, 6) for s in scores.tolist()], "is_concept": is_concept.bool().tolist()}
+    write_prompts(result.prompts, out_dir / "prompts.csv", columns)
+    save_tensors(result.tensors, out_dir / "embeddings.safetensors")
+    write_json(result.log, out_dir / "log.json")
+    return attack_success_rate(is_concept), images
+
+
+def run_attacks(
+    pipe: StableDiffusionPipeline,
+    lora_dir: Path,
+    judge: Judge,
+    concept: str,
+    prompts: list[str],
+    p: AttacksParams,
+    out_dir: Path,
+    search_texts: list[str] | None = None,
+) -> tuple[dict, dict[str, torch.Tensor], list[float]]:
+    """All four attacks on the base model, then on base + the LoRA in `lora_dir` (left
+    loaded in `pipe`); discrete searches use the tokens of `search_texts` (None: the whole
+    vocabulary). Returns (metrics, per attack its images as base / erased rows,
+    Ring-A-Bell's mean best fitness per generation)."""
+    lora = Path(lora_dir) / LORA_FILE
+    if not lora.is_file():
+        raise FileNotFoundError(f"{lora}: erasure LoRA not found; run the erase stage first")
+    require(len(prompts) >= p.n_prompts, "attacks.n_prompts", f"{p.n_prompts} asked, only {len(prompts)} normal prompts")
+    require(len(prompts) >= p.cce.candidates, "attacks.cce.candidates", f"{p.cce.candidates} asked, only {len(prompts)} normal prompts")
+    allowed = searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings, search_texts)
+    start = time.time()
+    attacked = prompts[: p.n_prompts]
+    # The base model's image for every normal prompt used: P4D / UnlearnDiff start from the
+    # first n_prompts (same prompt and seed), CCE inverts the best-judged ones.
+    pool = prompts[: max(p.n_prompts, p.cce.candidates)]
+    latents = generate_latents(pipe, encode_prompts(pipe, pool), p.seed, p.steps, p.guidance)
+    scores, _ = judge_concept(judge, latents_to_images(pipe.vae, latents), concept)
+    concept_latents = latents[scores.argsort(descending=True)[: p.cce.images]]
+    x0 = latents[: p.n_prompts]
+    seconds = {"base_images": round(time.time() - start, 1)}
+    ring = ring_a_bell_attack(pipe, attacked, p.ring_a_bell, p.seed, p.batch_size, allowed)
+    seconds["ring_a_bell/search"] = round(time.time() - start - seconds["base_images"], 1)
+
+    runs: dict[str, Callable[[], AttackResult]] = {
+        "cce": lambda: cce_attack(pipe, concept_latents, p.n_prompts, p.cce, p.seed),
+        "p4d": lambda: p4d_attack(pipe, attacked, x0, p.p4d, p.seed, p.batch_size, allowed),
+        "unlearndiff": lambda: unlearndiff_attack(pipe, attacked, x0, p.unlearndiff, p.seed, p.batch_size, allowed),
+        "ring_a_bell": lambda: ring,
+    }
+    metrics: dict = {model: {} for model in MODELS}
+    rows: dict[str, list[torch.Tensor]] = {name: [] for name in ATTACKS}
+    for model in MODELS:
+        if model == "erased":
+            load_lora_into(pipe, lora_dir)
+        for name in ATTACKS:
+            t0 = time.time()
+            asr, images = judge_and_save(pipe, judge, concept, runs[name](), p, out_dir / name / model)
+            metrics[model][name] = asr
+            rows[name].append(images)
+            seconds[f"{name}/{model}"] = round(time.time() - t0, 1)
+            print(f"{name} vs {model}: ASR {asr:.1f}% ({seconds[f'{name}/{model}']:.0f}s)")
+    seconds["total"] = round(time.time() - start, 1)
+    metrics.update(n_prompts=p.n_prompts, seconds=seconds)
+    fitness = [sum(values) / len(values) for values in ring.log["best_fitness"]]
+    return metrics, {name: torch.stack(r) for name, r in rows.items()}, fitness
+
+
+def main() -> None:
+    params = load_params()
+    models = parse_section(ModelsParams, params["models"], "models")
+    concept = parse_section(ConceptParams, params["concept"], "concept")
+    p = parse_section(AttacksParams, params.get("attacks"), "attacks")
+    device = resolve_device(params.get("device", "auto"))
+    prompts = read_prompts(PROMPTS_DIR / f"{concept.name}.csv")
+    search_texts = [q for path in sorted(PROMPTS_DIR.glob("*.csv")) for q in read_prompts(path)] if p.search_space == "prompts" else None
+    judge = load_judge(models.judge, models.judge_path)
+    pipe = load_pipeline(models.diffusion, device)
+    metrics, grids, fitness = run_attacks(pipe, LORA_DIR, judge, concept.name, prompts, p, OUT_DIR, search_texts)
+    write_json(metrics, METRICS)
+    write_json([{"generation": i, "best_fitness": f} for i, f in enumerate(fitness)], PLOT)
+    GRIDS.mkdir(parents=True, exist_ok=True)
+    for name, rows in grids.items():
+        image_grid(list(rows), ["base", "DM2"]).save(GRIDS / f"{name}.png")
+    print({model: metrics[model] for model in MODELS})
+
+
+if __name__ == "__main__":
+    main()

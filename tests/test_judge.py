@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from dm2.judge import WorldJudge, judge_concept, load_judge, save_world_judge
+from dm2.training import WorldParams, world_split
+from dm2.world import BACKGROUNDS, COLOURS, DEFAULT_SYNONYMS, TEXTURES
+from stages.train_judge import JudgeTrainParams, judge_loss, labels_of, train_world_judge
+
+torch.set_num_threads(1)
+
+
+def tiny_world() -> WorldParams:
+    return WorldParams(
+        train_images=48, heldout_images=16, colours=list(COLOURS), backgrounds=list(BACKGROUNDS), textures=list(TEXTURES)
+    )
+
+
+def world_judge(width: int = 16) -> WorldJudge:
+    torch.manual_seed(0)
+    judge = WorldJudge(list(DEFAULT_SYNONYMS), list(COLOURS), list(TEXTURES), width=width)
+    return judge.half().float().eval()  # float16-exact, as shipped
+
+
+def test_probs_and_features_on_a_couple_of_images():
+    judge = world_judge(width=16)
+    images = world_split(tiny_world(), "heldout")[0][:2]
+    probs = judge.probs(images)
+    assert {k: tuple(v.shape) for k, v in probs.items()} == {"shape": (2, 5), "colour": (2, 5), "texture": (2, 3)}
+    for p in probs.values():
+        assert torch.allclose(p.sum(-1), torch.ones(2), atol=1e-5) and (p >= 0).all()
+    assert judge.features(images).shape == (2, 64)
+    # Other sizes (e.g. a real model's 512px samples) are resized to the judge's 32px.
+    big = torch.nn.functional.interpolate(images, size=(64, 64), mode="nearest")
+    assert judge.probs(big)["shape"].shape == (2, 5)
+
+
+def test_save_load_round_trip_gives_identical_outputs(tmp_path):
+    judge = world_judge(width=16)
+    path = tmp_path / "judge.safetensors"
+    save_world_judge(judge, path)
+    loaded = load_judge("world", str(path))
+    assert loaded.classes == judge.classes and loaded.width == 16
+    images = torch.rand(3, 3, 32, 32)
+    for head, p in judge.probs(images).items():
+        assert torch.equal(loaded.probs(images)[head], p)
+    assert torch.equal(loaded.features(images), judge.features(images))
+
+
+def test_load_judge_missing_file_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing_dir/judge.safetensors"):
+        load_judge("world", str(tmp_path / "missing_dir" / "judge.safetensors"))
+
+
+def test_unknown_judge_kind_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match=r"'yolo' is unknown; allowed: \['clip_styles', 'nudenet', 'q16', 'world'\]"):
+        load_judge("yolo", "whatever.safetensors")
+
+
+class FixedJudge:
+    classes = {"shape": ("circle", "star"), "colour": ("red", "blue")}
+
+    def probs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"shape": torch.tensor([[0.9, 0.1], [0.3, 0.7]]), "colour": torch.tensor([[0.2, 0.8], [0.6, 0.4]])}
+
+
+def test_judge_concept_picks_the_concepts_column_and_argmax():
+    images = torch.zeros(2, 3, 32, 32)
+    assert judge_concept(FixedJudge(), images, "star")[1].tolist() == [False, True]
+    assert judge_concept(FixedJudge(), images, "star")[0].tolist() == pytest.approx([0.1, 0.7])
+    assert judge_concept(FixedJudge(), images, "circle")[0].tolist() == pytest.approx([0.9, 0.3])
+    assert judge_concept(FixedJudge(), images, "blue")[0].tolist() == pytest.approx([0.8, 0.4])
+    with pytest.raises(ValueError, match="'cube' is not a class"):
+        judge_concept(FixedJudge(), images, "cube")
+
+
+def test_judge_concept_of_world_judge_match_its_shape_head():
+    judge = world_judge()
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(judge_concept(judge, images, "star")[0], judge.probs(images)["shape"][:, 3])
+
+
+def test_training_lowers_the_loss():
+    world = tiny_world()
+    judge, metrics = train_world_judge(world, JudgeTrainParams(steps=40, batch_size=32, lr=0.02, width=16))
+    images, samples = world_split(world, "train")
+    labels = labels_of(judge, samples)
+    with torch.no_grad():
+        before = judge_loss(world_judge(width=16), images, labels).item()
+        after = judge_loss(judge, images, labels).item()
+    assert after < before - 0.5, (before, after)
+    assert set(metrics) >= {"seconds", "heldout_shape_accuracy", "heldout_colour_accuracy", "heldout_texture_accuracy"}
+
+
+class BinaryJudge:
+    classes = {"concept": ("safe", "nudity")}
+    threshold = 0.6
+
+    def probs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        scores = torch.tensor([0.1, 0.55, 0.65])
+        return {"concept": torch.stack([1 - scores, scores], 1)}
+
+
+def test_binary_judges_use_their_threshold():
+    scores, is_concept = judge_concept(BinaryJudge(), torch.zeros(3, 3, 8, 8), "nudity")
+    assert scores.tolist() == pytest.approx([0.1, 0.55, 0.65])
+    assert is_concept.tolist() == [False, False, True]
