@@ -27,7 +27,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 from transformers.masking_utils import create_causal_mask
@@ -250,7 +250,14 @@ def optimise_tokens(
     return final, soft.detach(), losses
 
 
-def p4d_loss(unet: UNet2DConditionModel, scheduler, x0: torch.Tensor, target: torch.Tensor, states: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def p4d_loss(
+    unet: UNet2DConditionModel,
+    scheduler: DDIMScheduler,
+    x0: torch.Tensor,
+    target: torch.Tensor,
+    states: torch.Tensor,
+    g: torch.Generator,
+) -> torch.Tensor:
     """Per sequence: || eps_attacked(x_t | states) - eps_original(x_t | target) ||^2 on x_t
     noised from the original model's image x0 of the concept prompt."""
     x_t, _, t = _noised(scheduler, x0, g)
@@ -260,7 +267,9 @@ def p4d_loss(unet: UNet2DConditionModel, scheduler, x0: torch.Tensor, target: to
     return (got - want).pow(2).mean(dim=(1, 2, 3))
 
 
-def denoising_loss(unet: UNet2DConditionModel, scheduler, x0: torch.Tensor, states: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def denoising_loss(
+    unet: UNet2DConditionModel, scheduler: DDIMScheduler, x0: torch.Tensor, states: torch.Tensor, g: torch.Generator
+) -> torch.Tensor:
     """Per sequence: || eps - eps_attacked(x_t | states) ||^2 (UnlearnDiff, textual inversion)."""
     x_t, noise, t = _noised(scheduler, x0, g)
     return (unet(x_t, t, encoder_hidden_states=states).sample - noise).pow(2).mean(dim=(1, 2, 3))
@@ -325,6 +334,7 @@ def p4d_attack(
     require(len(prompts) > 0, "attacks.n_prompts", "no prompts to attack")
     require(p.tokens > 0, "attacks.p4d.tokens", f"must be positive, got {p.tokens}")
     words = word_ids(pipe.tokenizer, prompts)
+    require(all(words), "attacks.n_prompts", "a prompt without any token cannot be attacked")
     ids = full_sequences(pipe.tokenizer, words)
     free = torch.zeros_like(ids, dtype=torch.bool)
     for i, w in enumerate(words):
@@ -533,7 +543,8 @@ def ring_a_bell_attack(
     vector = concept_vector(pipe, prompts, p.concept_words, p.neutral_words)
     words = word_ids(pipe.tokenizer, prompts)
     require(all(words), "attacks.n_prompts", "a prompt without any token cannot be attacked")
-    require(p.tokens <= pipe.tokenizer.model_max_length - 2, "attacks.ring_a_bell.tokens", f"must fit the {pipe.tokenizer.model_max_length}-token context, got {p.tokens}")
+    room = pipe.tokenizer.model_max_length - 2
+    require(p.tokens <= room, "attacks.ring_a_bell.tokens", f"at most {room} fit the context, got {p.tokens}")
     targets = _states(pipe.text_encoder, full_sequences(pipe.tokenizer, words)) + p.eta * vector
     # From the prompt: its tokens repeated to length K.
     init = torch.tensor([[w[i % len(w)] for i in range(p.tokens)] for w in words]) if p.init_from_prompt else None

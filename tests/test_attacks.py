@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -28,7 +29,7 @@ from dm2.attacks import (
     unlearndiff_attack,
     word_ids,
 )
-from dm2.config import ParamsError, parse_section
+from dm2.config import ParamsError, load_params, parse_section
 from dm2.diffusion import encode_prompts, generate_latents
 from dm2.io import load_tensors
 from dm2.lora import LORA_FILE, add_lora, save_lora
@@ -248,6 +249,14 @@ def test_genetic_search_returns_its_best(tiny_pipe):
     assert fitness == pytest.approx(history[-1][0], abs=1e-6)
 
 
+def test_searches_are_deterministic(tiny_pipe, x0):
+    p = UnlearnDiffParams(prefix_tokens=2, iterations=3, lr=0.05)
+    a, b = (unlearndiff_attack(tiny_pipe, PROMPTS, x0, p, seed=4, batch_size=2) for _ in range(2))
+    assert torch.equal(a.tensors["ids"], b.tensors["ids"]) and a.log == b.log
+    c, d = (ring_a_bell_attack(tiny_pipe, PROMPTS, rab_params(init_from_prompt=False), seed=4, batch_size=2) for _ in range(2))
+    assert torch.equal(c.tensors["tokens"], d.tensors["tokens"]) and c.log == d.log
+
+
 def test_ring_a_bell_needs_a_concept_word_in_the_prompts(tiny_pipe):
     with pytest.raises(ParamsError, match="attacks.ring_a_bell.concept_words"):
         ring_a_bell_attack(tiny_pipe, ["a blue square"], rab_params(), seed=0, batch_size=1)
@@ -303,6 +312,9 @@ def test_stage_writes_every_attack_and_asr_matches_the_judge(tiny_pipe, lora_dir
             assert load_tensors(out / name / model / "embeddings.safetensors")
             assert json.loads((out / name / model / "log.json").read_text())
     assert grids["p4d"].shape == (2, 4, 3, 32, 32) and len(fitness) == 3
+    # P4D's reference is the original model in both runs: nothing to match on the base model.
+    assert max(json.loads((out / "p4d" / "base" / "log.json").read_text())["loss"]) == 0.0
+    assert min(json.loads((out / "p4d" / "erased" / "log.json").read_text())["loss"]) > 0.0
     with (out / "ring_a_bell" / "base" / "prompts.csv").open() as a, (out / "ring_a_bell" / "erased" / "prompts.csv").open() as b:
         assert a.read() == b.read()  # model-agnostic: one search, both models
 
@@ -348,3 +360,8 @@ def test_attacks_refuse_zero_prompts(tiny_pipe, x0):
     with pytest.raises(ParamsError, match="attacks.n_prompts"):
         cce_attack(tiny_pipe, x0, 0, cce_params(), seed=0)
 
+
+
+def test_params_yaml_attacks_section_parses():
+    p = parse_section(AttacksParams, load_params(Path(__file__).resolve().parents[1] / "params.yaml")["attacks"], "attacks")
+    assert p.unlearndiff.prefix_tokens == 5 and p.unlearndiff.iterations == 40  # the original's values

@@ -12,6 +12,7 @@ from dm2.config import ParamsError, load_params, parse_section
 from dm2.dark_miner import CircumventParams, MineParams, VerifyParams
 from dm2.models import ModelsParams, resolve_device
 from dm2.training import WorldParams
+from stages.attack import AttacksParams
 from stages.erase import EraseParams
 from stages.evaluate import EvaluateParams
 from stages.pool import PoolParams
@@ -38,6 +39,7 @@ SECTIONS = {
     "circumvent": CircumventParams,
     "prompts": PromptsParams,
     "evaluate": EvaluateParams,
+    "attacks": AttacksParams,
 }
 
 
