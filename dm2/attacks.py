@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
-from transformers.masking_utils import create_causal_mask
 
 from dm2.config import require
 from dm2.dark_miner import _noised
+from dm2.diffusion import encode_token_embeddings
 from dm2.lora import adapters_disabled, frozen
 
 
@@ -129,16 +129,6 @@ class RingABellParams:
 
 
 # ---------------------------------------------------------------- text encoder and tokens
-
-
-def encode_token_embeddings(text_encoder: CLIPTextModel, embeds: torch.Tensor) -> torch.Tensor:
-    """Text-encoder states (N x L x width) from token embeddings (N x L x width, before
-    position embeddings): `text_encoder(input_ids)[0]` after its lookup, so that soft or
-    projected tokens get gradients."""
-    hidden = text_encoder.embeddings(inputs_embeds=embeds)
-    mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
-    hidden = text_encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
-    return text_encoder.final_layer_norm(hidden)
 
 
 def word_ids(tokenizer: CLIPTokenizer, prompts: list[str]) -> list[list[int]]:

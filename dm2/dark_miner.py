@@ -1,13 +1,16 @@
 """The three steps of a Dark Miner loop (paper Section 3.2, Appendix A).
 
-An embedding `c` lives in the UNet's conditioning space (text-encoder output states,
-L x width): mining optimises it directly, with no words behind it. `0 * c` and `-c` are
-then conditionings of the same length.
+An embedding `c` is a sequence of L free token embeddings (the text encoder's input
+space, as in textual inversion, with no words behind it); `encode` turns it, `0 * c` and
+`-c` into the states the UNet is conditioned on. Keeping `c` on the text encoder's input
+side keeps the mined conditions on the manifold real prompts live on, so circumventing
+them reaches the prompts that name the concept in other words.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +21,7 @@ from dm2.config import require
 from dm2.lora import adapters_disabled
 
 OPTIMIZERS = ("sgd", "adam")
+Encoder = Callable[[torch.Tensor], torch.Tensor]  # free embeddings (N x L x w) -> UNet states
 
 
 @dataclass
@@ -62,10 +66,13 @@ class VerifyParams:
     steps: int
     guidance: float
     seed: int
+    samples: int = 1  # (x_c, x_r) pairs, one seed each; the paper uses one
+
 
     def validate(self, name: str) -> None:
         require(-1.0 <= self.tau <= 1.0, f"{name}.tau", f"must be in [-1, 1] (a cosine), got {self.tau}")
         require(self.steps > 0, f"{name}.steps", f"must be positive, got {self.steps}")
+        require(self.samples > 0, f"{name}.samples", f"must be positive, got {self.samples}")
 
 
 @dataclass
@@ -102,10 +109,12 @@ def _step(opt: torch.optim.Optimizer, sched: StepSchedule, epoch: int, loss: tor
     opt.step()
 
 
-def mining_loss(unet: UNet2DConditionModel, scheduler: DDIMScheduler, x0: torch.Tensor, c: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def mining_loss(
+    unet: UNet2DConditionModel, scheduler: DDIMScheduler, x0: torch.Tensor, c: torch.Tensor, encode: Encoder, g: torch.Generator
+) -> torch.Tensor:
     """L_M: denoising error of the (adapted, frozen) UNet on pool latents `x0` given `c`."""
     x_t, noise, t = _noised(scheduler, x0, g)
-    pred = unet(x_t, t, encoder_hidden_states=c.expand(x0.shape[0], -1, -1)).sample
+    pred = unet(x_t, t, encoder_hidden_states=encode(c).expand(x0.shape[0], -1, -1)).sample
     return F.mse_loss(pred, noise)
 
 
@@ -114,6 +123,7 @@ def mine(
     scheduler: DDIMScheduler,
     pool_latents: torch.Tensor,
     init: torch.Tensor,
+    encode: Encoder,
     p: MineParams,
     g: torch.Generator,
     what: str = "mine",
@@ -124,7 +134,7 @@ def mine(
     opt = p.make_optimizer([c])
     losses = []
     for epoch in tqdm(range(p.epochs), desc=what, leave=False, mininterval=2):
-        loss = mining_loss(unet, scheduler, pool_latents, c, g)
+        loss = mining_loss(unet, scheduler, pool_latents, c, encode, g)
         _step(opt, p, epoch, loss, [c], what)
         losses.append(loss.item())
     return c.detach(), losses
@@ -133,34 +143,40 @@ def mine(
 def delta_cosine(f_c: torch.Tensor, f_r: torch.Tensor, f_e: torch.Tensor) -> float:
     """s(c) = mean over the k pool images of cos(Enc(x_c) - Enc(x_r), Enc(x_e) - Enc(x_r)).
 
-    f_c, f_r: (D,) or (1, D) image features of the mined and reference images;
-    f_e: (k, D) features of the pool images used for mining."""
-    d_c = (f_c.reshape(1, -1) - f_r.reshape(1, -1)).expand(f_e.shape[0], -1)
-    d_e = f_e - f_r.reshape(1, -1)
-    return F.cosine_similarity(d_c, d_e, dim=1).mean().item()
+    f_c, f_r: (n, D) features of n mined / reference images made from the same n seeds
+    (the paper: n = 1), averaged over the n pairs; f_e: (k, D) features of the pool
+    images used for mining."""
+    f_c, f_r = f_c.reshape(-1, f_e.shape[1]), f_r.reshape(-1, f_e.shape[1])
+    d_c = (f_c - f_r)[:, None, :]  # n x 1 x D
+    d_e = f_e[None, :, :] - f_r[:, None, :]  # n x k x D
+    return F.cosine_similarity(d_c, d_e, dim=-1).mean().item()
 
 
 def circumvent_losses(
     unet: UNet2DConditionModel,
     scheduler: DDIMScheduler,
     x0: torch.Tensor,
-    c: torch.Tensor,
-    c0: torch.Tensor,
+    states: torch.Tensor,
     g: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """l_c pulls the adapted model's prediction for `c` to the original model's for the
-    anchor `c0`; l_p keeps the adapted model equal to the original on c0, 0*c and -c."""
+    """`states`: UNet conditions for [c, 0*c, -c, c0] (4 x T x width). l_c pulls the adapted
+    model's prediction for c to the original model's for the anchor c0; l_p keeps the
+    adapted model equal to the original on c0, 0*c and -c."""
     x_t, _, t = _noised(scheduler, x0, g)
-    family = torch.cat([c, 0 * c, -c])  # same token length: one UNet call
-    x3, t3 = x_t.repeat(3, 1, 1, 1), t.repeat(3)
+    x4, t4 = x_t.repeat(4, 1, 1, 1), t.repeat(4)
     with torch.no_grad(), adapters_disabled(unet):
-        orig_anchor = unet(x_t, t, encoder_hidden_states=c0).sample
-        orig_family = unet(x3, t3, encoder_hidden_states=family).sample
-    new_anchor = unet(x_t, t, encoder_hidden_states=c0).sample
-    new_family = unet(x3, t3, encoder_hidden_states=family).sample
-    l_c = F.mse_loss(new_family[:1], orig_anchor)
-    l_p = F.mse_loss(new_anchor, orig_anchor) + F.mse_loss(new_family[1:2], orig_family[1:2]) + F.mse_loss(new_family[2:], orig_family[2:])
+        orig = unet(x4, t4, encoder_hidden_states=states).sample
+    new = unet(x4, t4, encoder_hidden_states=states).sample
+    l_c = F.mse_loss(new[0:1], orig[3:4])
+    l_p = F.mse_loss(new[3:4], orig[3:4]) + F.mse_loss(new[1:2], orig[1:2]) + F.mse_loss(new[2:3], orig[2:3])
     return l_c, l_p
+
+
+def circumvent_states(c: torch.Tensor, anchor_states: torch.Tensor, encode: Encoder) -> torch.Tensor:
+    """The four conditions of L_C, computed once per circumventing step set: c, 0*c and
+    -c through `encode`, and the anchor's states."""
+    with torch.no_grad():
+        return torch.cat([encode(torch.cat([c, 0 * c, -c])), anchor_states])
 
 
 def circumvent(
@@ -168,18 +184,18 @@ def circumvent(
     scheduler: DDIMScheduler,
     lora_params: list[torch.nn.Parameter],
     x0: torch.Tensor,
-    c: torch.Tensor,
-    c0: torch.Tensor,
+    states: torch.Tensor,
     p: CircumventParams,
     g: torch.Generator,
     what: str = "circumvent",
 ) -> tuple[list[float], list[float]]:
-    """Train the adapters on L_C = alpha_c l_c + alpha_p l_p for one embedding; `x0` is the
-    latent the original model generated from `c` (made once by the caller, reused here)."""
+    """Train the adapters on L_C = alpha_c l_c + alpha_p l_p for one embedding (`states`
+    from `circumvent_states`); `x0` is the latent the original model generated from `c`
+    (made once by the caller, reused here)."""
     opt = p.make_optimizer(lora_params)
     l_cs, l_ps = [], []
     for epoch in tqdm(range(p.epochs), desc=what, leave=False, mininterval=2):
-        l_c, l_p = circumvent_losses(unet, scheduler, x0, c, c0, g)
+        l_c, l_p = circumvent_losses(unet, scheduler, x0, states, g)
         _step(opt, p, epoch, p.alpha_c * l_c + p.alpha_p * l_p, lora_params, what)
         l_cs.append(l_c.item())
         l_ps.append(l_p.item())

@@ -8,6 +8,8 @@ from typing import Callable
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextModel
+from transformers.masking_utils import create_causal_mask
 
 def load_pipeline(model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
     """A local pipeline folder (the shipped world) or a hub id such as
@@ -34,6 +36,37 @@ def encode_prompts(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.T
         prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(pipe.text_encoder.device)
     return pipe.text_encoder(ids)[0]
+
+
+def encode_token_embeddings(text_encoder: CLIPTextModel, embeds: torch.Tensor) -> torch.Tensor:
+    """Text-encoder states (N x L x width) from token embeddings (N x L x width, before
+    position embeddings): `text_encoder(input_ids)[0]` after its lookup, so that soft or
+    projected tokens get gradients."""
+    hidden = text_encoder.embeddings(inputs_embeds=embeds)
+    mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
+    hidden = text_encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
+    return text_encoder.final_layer_norm(hidden)
+
+
+def prompt_token_embeddings(pipe: StableDiffusionPipeline, prompt: str) -> torch.Tensor:
+    """The input token embeddings (1 x 77 x width) of `prompt`, BOS first, padded."""
+    ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    return pipe.text_encoder.get_input_embeddings()(ids.to(pipe.text_encoder.device)).detach()
+
+
+def free_embedding_states(pipe: StableDiffusionPipeline, c: torch.Tensor) -> torch.Tensor:
+    """Text-encoder states (N x 77 x width) of free token embeddings `c` (N x L x width):
+    the sequence BOS, c_1..c_L, then EOS / padding as for any prompt, so a mined embedding
+    is conditioned on exactly like a prompt of L words."""
+    n, length, _ = c.shape
+    max_len = pipe.tokenizer.model_max_length
+    if length > max_len - 2:
+        raise ValueError(f"mine.tokens: {length} free tokens do not fit {max_len - 2} text positions")
+    table = pipe.text_encoder.get_input_embeddings()
+    ids = torch.tensor([pipe.tokenizer.bos_token_id] + [pipe.tokenizer.eos_token_id] * (max_len - 1 - length), device=c.device)
+    special = table(ids).to(c.dtype)
+    seq = torch.cat([special[None, :1].expand(n, -1, -1), c, special[None, 1:].expand(n, -1, -1)], dim=1)
+    return encode_token_embeddings(pipe.text_encoder, seq)
 
 
 @torch.no_grad()

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from dm2.clip import ClipModel, load_clip
 from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section, require
-from dm2.dark_miner import CircumventParams, MineParams, VerifyParams, circumvent, delta_cosine, mine
-from dm2.diffusion import encode_prompts, generate, generate_latents, load_pipeline
+from dm2.dark_miner import CircumventParams, MineParams, VerifyParams, circumvent, circumvent_states, delta_cosine, mine
+from dm2.diffusion import encode_prompts, free_embedding_states, generate, generate_latents, load_pipeline, prompt_token_embeddings
 from dm2.io import load_tensors, read_metadata, save_tensors, write_json
 from dm2.lora import add_lora, adapters_disabled, frozen, lora_state, restore_lora, save_lora
 from dm2.models import ModelsParams, resolve_device
@@ -121,8 +121,12 @@ def erase(
     state = load_checkpoint(out_dir, run_id, unet) or EraseState(run_id)
     if state.log:
         print(f"erase: resuming after loop {len(state.log)} ({state.stop or 'running'})")
-    anchor = encode_prompts(pipe, [cp.anchor])  # c0, 77 tokens
-    init = anchor[:, torch.arange(m.tokens) % anchor.shape[1]]  # c starts as "a photo"'s states
+    anchor = encode_prompts(pipe, [cp.anchor])  # c0's states
+    # c starts as the anchor's own token embeddings (after BOS), so it first means "a photo"
+    init = prompt_token_embeddings(pipe, cp.anchor)[:, 1 : 1 + m.tokens]
+
+    def encode(c: torch.Tensor) -> torch.Tensor:
+        return free_embedding_states(pipe, c)
     f_pool = clip.encode_images(pool_images)
 
     bar = tqdm(total=e.max_loops, initial=len(state.log), desc="loops")
@@ -132,18 +136,19 @@ def erase(
         g = torch.Generator().manual_seed(e.seed * 1_000_003 + i)
         picked = torch.randperm(len(pool_latents), generator=g)[: m.k]
         with frozen(unet):
-            c, mine_losses = mine(unet, scheduler, pool_latents[picked], init, m, g, f"loop {i} mine")
-            x_c = generate(pipe, c, v.seed, v.steps, v.guidance)
-            x_r = generate(pipe, anchor, v.seed, v.steps, v.guidance)
+            c, mine_losses = mine(unet, scheduler, pool_latents[picked], init, encode, m, g, f"loop {i} mine")
+            x_c = generate(pipe, encode(c).expand(v.samples, -1, -1), v.seed, v.steps, v.guidance)
+            x_r = generate(pipe, anchor.expand(v.samples, -1, -1), v.seed, v.steps, v.guidance)
         s = delta_cosine(clip.encode_images(x_c), clip.encode_images(x_r), f_pool[picked])
         row = {"loop": i, "s": s, "mine_loss": mine_losses[-1], "circumvented": s > v.tau, "replayed": None, "l_c": None, "l_p": None}
         state.embeddings.append(c)
         if s > v.tau:
             with adapters_disabled(unet), frozen(unet):
-                state.originals[i] = generate_latents(pipe, c, e.seed * 1_000_003 + i, cp.steps, cp.guidance)
+                state.originals[i] = generate_latents(pipe, encode(c), e.seed * 1_000_003 + i, cp.steps, cp.guidance)
             earlier = state.verified
             j = i if not earlier or torch.rand(1, generator=g).item() < cp.r else earlier[torch.randint(len(earlier), (1,), generator=g).item()]
-            l_c, l_p = circumvent(unet, scheduler, lora_params, state.originals[j], state.embeddings[j], anchor, cp, g, f"loop {i} circumvent")
+            states = circumvent_states(state.embeddings[j], anchor, encode)
+            l_c, l_p = circumvent(unet, scheduler, lora_params, state.originals[j], states, cp, g, f"loop {i} circumvent")
             row.update(replayed=j, l_c=sum(l_c[-10:]) / len(l_c[-10:]), l_p=sum(l_p[-10:]) / len(l_p[-10:]))
         row["seconds"] = round(time.time() - start, 2)
         state.log.append(row)

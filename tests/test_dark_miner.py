@@ -12,10 +12,12 @@ from dm2.dark_miner import (
     VerifyParams,
     circumvent,
     circumvent_losses,
+    circumvent_states,
     delta_cosine,
     mine,
     mining_loss,
 )
+from dm2.diffusion import encode_prompts, free_embedding_states, prompt_token_embeddings
 from dm2.lora import adapters_disabled, add_lora, frozen
 from dm2.world_models import world_scheduler
 from tests.conftest import TINY_WIDTH, tiny_unet
@@ -33,11 +35,12 @@ def test_mining_lowers_the_mining_loss(tiny_pipe):
     pool = torch.randn(3, 4, 8, 8, generator=g)
     init = torch.zeros(1, 4, TINY_WIDTH)
     p = MineParams(epochs=60, lr=0.05, tokens=4, k=3, **SCHEDULE)
+    encode = lambda c: free_embedding_states(tiny_pipe, c)  # noqa: E731
     with torch.no_grad():
-        before = mean_loss(lambda gg: mining_loss(unet, sched, pool, init, gg))
-    c, losses = mine(unet, sched, pool, init, p, g)
+        before = mean_loss(lambda gg: mining_loss(unet, sched, pool, init, encode, gg))
+    c, losses = mine(unet, sched, pool, init, encode, p, g)
     with torch.no_grad():
-        after = mean_loss(lambda gg: mining_loss(unet, sched, pool, c, gg))
+        after = mean_loss(lambda gg: mining_loss(unet, sched, pool, c, encode, gg))
     assert c.shape == init.shape and not torch.equal(c, init)
     assert after < before
     assert all(not q.requires_grad for q in unet.parameters())
@@ -84,19 +87,30 @@ def test_circumventing_lowers_l_c_while_l_p_stays_small():
     params = add_lora(unet, rank=4)
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(1, 4, 8, 8, generator=g)
-    c = 3 * torch.randn(1, 4, TINY_WIDTH, generator=g)
+    c = 3 * torch.randn(1, 6, TINY_WIDTH, generator=g)
     c0 = torch.randn(1, 6, TINY_WIDTH, generator=g)
-    with torch.no_grad():
-        lc_before = mean_loss(lambda gg: circumvent_losses(unet, sched, x0, c, c0, gg)[0])
-        lp_before = mean_loss(lambda gg: circumvent_losses(unet, sched, x0, c, c0, gg)[1])
-    p = CircumventParams(epochs=80, lr=0.01, **SCHEDULE)
-    circumvent(unet, sched, params, x0, c, c0, p, g)
-    with torch.no_grad():
-        lc_after = mean_loss(lambda gg: circumvent_losses(unet, sched, x0, c, c0, gg)[0])
-        lp_after = mean_loss(lambda gg: circumvent_losses(unet, sched, x0, c, c0, gg)[1])
+    states = circumvent_states(c, c0, lambda e: e)  # identity encoder: conditions are the embeddings
+    assert torch.equal(states[2], -states[0]) and not states[1].any()
+
+    def losses(i: int) -> float:
+        with torch.no_grad():
+            return mean_loss(lambda gg: circumvent_losses(unet, sched, x0, states, gg)[i])
+
+    lc_before, lp_before = losses(0), losses(1)
+    circumvent(unet, sched, params, x0, states, CircumventParams(epochs=80, lr=0.01, **SCHEDULE), g)
+    lc_after, lp_after = losses(0), losses(1)
     assert lp_before == 0.0  # the adapters start as the identity
     assert lc_after < 0.7 * lc_before
     assert lp_after < 0.25 * lc_before
+
+
+def test_free_embeddings_of_a_prompt_give_its_states(tiny_pipe):
+    """c initialised from the anchor's token embeddings conditions exactly like the anchor."""
+    tokens = prompt_token_embeddings(tiny_pipe, "a photo")[:, 1:5]
+    with torch.no_grad():
+        assert torch.allclose(free_embedding_states(tiny_pipe, tokens), encode_prompts(tiny_pipe, ["a photo"]), atol=1e-5)
+    with pytest.raises(ValueError, match="mine.tokens"):
+        free_embedding_states(tiny_pipe, torch.zeros(1, 76, TINY_WIDTH))
 
 
 def test_frozen_restores_gradient_flags():
