@@ -3,7 +3,8 @@
 - erasure: Ratio (% judged as the concept) and Score on the concept's normal prompts,
   also split into prompts that say the concept's name and prompts that only use synonyms;
 - preservation: judge accuracy on prompts of the other shapes, CLIP score and Frechet
-  distance (judge features vs rendered references) on held-out world captions;
+  distance (judge features vs rendered references) on held-out world captions of the
+  other shapes;
 - image grids: base row vs erased row, same seeds.
 """
 
@@ -82,9 +83,12 @@ def load_eval_set(concept: str, world: WorldParams, p: EvaluateParams) -> EvalSe
     others = read_prompts(others_path)[: p.n_other]
     with others_path.open(newline="") as f:
         other_shapes = [row["shape"] for row in csv.DictReader(f)][: len(others)]
+    # Preservation is measured where the concept is absent (as COCO is for nudity): held-out
+    # captions of the other shapes, against their rendered images.
     images, samples = world_split(world, "heldout")
-    n = min(p.n_heldout, len(samples))
-    return EvalSet(prompts, read_uses_name(path, prompts), others, other_shapes, [s.caption for s in samples[:n]], images[:n])
+    keep = [i for i, s in enumerate(samples) if s.shape != concept][: p.n_heldout]
+    captions = [samples[i].caption for i in keep]
+    return EvalSet(prompts, read_uses_name(path, prompts), others, other_shapes, captions, images[keep])
 
 
 def measure(

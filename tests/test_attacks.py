@@ -17,7 +17,6 @@ from dm2.attacks import (
     UnlearnDiffParams,
     cce_attack,
     denoising_loss,
-    encode_token_embeddings,
     full_sequences,
     genetic_search,
     invert_concept,
@@ -30,6 +29,7 @@ from dm2.attacks import (
     word_ids,
 )
 from dm2.config import ParamsError, load_params, parse_section
+from dm2.diffusion import encode_token_embeddings
 from dm2.diffusion import encode_prompts, generate_latents
 from dm2.io import load_tensors
 from dm2.lora import LORA_FILE, add_lora, save_lora
