@@ -4,12 +4,24 @@ VAE round trips and the classifier-free-guided DDIM sampler."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Protocol
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextModel
 from transformers.masking_utils import create_causal_mask
+
+
+class Guide(Protocol):
+    """Sampling-time steering (SLD, `dm2.sld`): `reset` at the start of every `sample`
+    call, then per step the conditional noise prediction to use instead of `eps_cond`."""
+
+    def reset(self) -> None: ...
+
+    def __call__(
+        self, step: int, x_in: torch.Tensor, t: torch.Tensor, eps_cond: torch.Tensor, eps_uncond: torch.Tensor
+    ) -> torch.Tensor: ...
+
 
 def load_pipeline(model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
     """A local pipeline folder (the shipped world) or a hub id such as
@@ -98,27 +110,31 @@ def sample(
     latents: torch.Tensor,
     steps: int,
     guidance: float,
-    unet_call: Callable[..., torch.Tensor] | None = None,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) with classifier-free guidance.
 
     `cond` and `uncond` may differ in token length (a mined 32-token embedding against
     the 77-token empty prompt), so the two branches run as separate UNet calls.
-    `unet_call(latents, t, states)` replaces the plain UNet call when a method steers
-    sampling (SLD). Returns the final scaled latents.
+    `guide` (SLD) is reset, then steers the conditional prediction of every step before
+    the guidance is applied. Returns the final scaled latents.
     """
     if uncond.shape[0] == 1 and cond.shape[0] > 1:
         uncond = uncond.expand(cond.shape[0], -1, -1)
-    predict = unet_call or (lambda x, t, states: unet(x, t, encoder_hidden_states=states).sample)
+    if guide is not None:
+        guide.reset()
     scheduler.set_timesteps(steps)
     x = latents * scheduler.init_noise_sigma
     with torch.no_grad():
-        for t in scheduler.timesteps:
+        for i, t in enumerate(scheduler.timesteps):
             x_in = scheduler.scale_model_input(x, t)
-            eps = predict(x_in, t, cond)
-            if guidance != 1.0:
-                eps_u = predict(x_in, t, uncond)
-                eps = eps_u + guidance * (eps - eps_u)
+            eps = unet(x_in, t, encoder_hidden_states=cond).sample
+            if guidance != 1.0 or guide is not None:  # a guide needs the unconditional branch
+                eps_u = unet(x_in, t, encoder_hidden_states=uncond).sample
+                if guide is not None:
+                    eps = guide(i, x_in, t, eps, eps_u)
+                if guidance != 1.0:
+                    eps = eps_u + guidance * (eps - eps_u)
             x = scheduler.step(eps, t, x).prev_sample
     return x
 
@@ -130,6 +146,7 @@ def generate_latents(
     steps: int,
     guidance: float,
     batch_size: int = 64,
+    guide: Guide | None = None,
 ) -> torch.Tensor:
     """Scaled latents sampled for conditioning `cond` (N x L x width). The noise for all
     N samples is drawn at once from `seed`, so results do not depend on `batch_size`."""
@@ -137,12 +154,14 @@ def generate_latents(
     noise = initial_noise(cond.shape[0], pipe.unet, seed)
     return torch.cat(
         [
-            sample(pipe.unet, pipe.scheduler, cond[i : i + batch_size], uncond, noise[i : i + batch_size], steps, guidance)
+            sample(pipe.unet, pipe.scheduler, cond[i : i + batch_size], uncond, noise[i : i + batch_size], steps, guidance, guide)
             for i in range(0, cond.shape[0], batch_size)
         ]
     )
 
 
-def generate(pipe: StableDiffusionPipeline, cond: torch.Tensor, seed: int, steps: int, guidance: float) -> torch.Tensor:
+def generate(
+    pipe: StableDiffusionPipeline, cond: torch.Tensor, seed: int, steps: int, guidance: float, guide: Guide | None = None
+) -> torch.Tensor:
     """Images in [0, 1] for conditioning `cond`; see `generate_latents`."""
-    return latents_to_images(pipe.vae, generate_latents(pipe, cond, seed, steps, guidance))
+    return latents_to_images(pipe.vae, generate_latents(pipe, cond, seed, steps, guidance, guide=guide))

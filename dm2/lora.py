@@ -1,4 +1,5 @@
-"""LoRA adapters on the UNet's value projections, through peft / diffusers' adapter API.
+"""LoRA adapters on the UNet (DM2: the value projections; the baselines: the target sets
+below), through peft / diffusers' adapter API.
 
 The original model (theta' in the paper) is the same UNet with its adapters disabled, so
 no second copy of the UNet is ever held in memory."""
@@ -18,24 +19,41 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
+Targets = tuple[str, ...] | str  # module-name suffixes, or one peft regex (full match)
 
-def add_lora(unet: UNet2DConditionModel, rank: int, targets: tuple[str, ...] = ("to_v",)) -> list[torch.nn.Parameter]:
-    """Insert rank-`rank` LoRA into every attention projection named in `targets`
-    (self- and cross-attention alike) and return the trainable adapter parameters.
+# The cross-attention projections (ESD-x, learnable prompts' model update).
+CROSS_ATTENTION: Targets = ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")
+# The cross-attention key / value projections: the only layers that see the text (UCE).
+CROSS_ATTENTION_KV: Targets = ("attn2.to_k", "attn2.to_v")
+# Everything but cross-attention (ESD-u): self-attention, feed-forward, the transformer
+# blocks' in / out projections and the resnets' convolutions.
+NON_CROSS_ATTENTION: Targets = (
+    r".*(\.attn1\.(to_q|to_k|to_v|to_out\.0)|\.ff\.net\.(0\.proj|2)|attentions\.\d+\.proj_(in|out)|resnets\.\d+\.conv[12])"
+)
+
+
+def add_lora(unet: UNet2DConditionModel, rank: int, targets: Targets = ("to_v",)) -> list[torch.nn.Parameter]:
+    """Insert rank-`rank` LoRA into the modules `targets` selects (a tuple of name suffixes:
+    the default `to_v` hits self- and cross-attention alike; a string: a peft regex matched
+    against full module names) and return the trainable adapter parameters.
     B starts at zero, so the adapted UNet initially equals the original."""
     unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=list(targets)))
+    target_modules = targets if isinstance(targets, str) else list(targets)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=target_modules))
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
     if not params:
-        raise ValueError(f"lora: no module of the UNet matches {list(targets)}")
+        raise ValueError(f"lora: no module of the UNet matches {target_modules}")
     return params
 
 
 @contextmanager
 def adapters_disabled(unet: UNet2DConditionModel) -> Iterator[None]:
-    """Run the original model (theta') inside the block."""
+    """Run the original model (theta') inside the block: the UNet itself while it has no adapter yet."""
+    if not getattr(unet, "_hf_peft_config_loaded", False):
+        yield
+        return
     unet.disable_adapters()
     try:
         yield
@@ -45,7 +63,10 @@ def adapters_disabled(unet: UNet2DConditionModel) -> Iterator[None]:
 
 def lora_state(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     """The adapter weights in diffusers' LoRA format (what `load_lora_weights` reads)."""
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    # diffusers renames only attention projections to lora.down / up, and its loader guesses
+    # the format from the first key, so a mixed dict (feed-forward, convs) would lose half
+    return {k.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up."): v for k, v in state.items()}
 
 
 def save_lora(unet: UNet2DConditionModel, out_dir: str | Path) -> None:

@@ -1,13 +1,14 @@
 """Stage attack: Attack Success Rate of the four attacks against the base and the erased model.
 
-Every attack searches its adversarial prompts against the base model (the pipeline before
-the LoRA is loaded), then against the erased model (base + the DM2 LoRA); one image per
-prompt is generated and judged; ASR = % judged as the concept. Ring-A-Bell reads only the
-text encoder, which the LoRA leaves alone, so its prompts are searched once and used on
-both models. The images the attacks start from (P4D's and UnlearnDiff's x0, CCE's
-inversion set) are the base model's, from the concept's normal prompts, as in the paper.
+Every attack searches its adversarial prompts against the base model, then against the
+erased model of the `method` param (base + its LoRA; for SLD the base UNet, sampled with
+SLD's guidance); one image per prompt is generated and judged; ASR = % judged as the
+concept. Ring-A-Bell reads only the text encoder, which no method changes, so its prompts
+are searched once and used on every model. The images the attacks start from (P4D's and
+UnlearnDiff's x0, CCE's inversion set) are the base model's, from the concept's normal
+prompts, as in the paper.
 
-Per attack and model, `artifacts/attacks/{attack}/{model}/` holds prompts.csv (prompt,
+Per model and attack, `artifacts/attacks/{model}/{attack}/` holds prompts.csv (prompt,
 judge score and verdict, token ids where the prompt is discrete), embeddings.safetensors
 (what was learned) and log.json (the objective per step).
 """
@@ -36,17 +37,16 @@ from dm2.attacks import (
 )
 from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section, require
-from dm2.diffusion import encode_prompts, generate, generate_latents, latents_to_images, load_pipeline
+from dm2.diffusion import Guide, encode_prompts, generate, generate_latents, latents_to_images, load_pipeline
 from dm2.grid import image_grid
 from dm2.io import save_tensors, write_json
 from dm2.judge import Judge, judge_concept, load_judge
-from dm2.lora import LORA_FILE, load_lora_into
+from dm2.methods import INFO_FILE, apply_method, check_method, method_dir, method_label
 from dm2.metrics import attack_success_rate
 from dm2.models import ModelsParams, resolve_device
 from dm2.prompts import read_prompts, write_prompts
 
 PROMPTS_DIR = Path("data/prompts")
-LORA_DIR = Path("artifacts/erase")
 OUT_DIR = Path("artifacts/attacks")
 METRICS = Path("metrics/attacks.json")
 PLOT = Path("plots/attack_ring_a_bell.json")
@@ -79,10 +79,16 @@ class AttacksParams:
 
 
 def judge_and_save(
-    pipe: StableDiffusionPipeline, judge: Judge, concept: str, result: AttackResult, p: AttacksParams, out_dir: Path
+    pipe: StableDiffusionPipeline,
+    judge: Judge,
+    concept: str,
+    result: AttackResult,
+    p: AttacksParams,
+    out_dir: Path,
+    guide: Guide | None = None,
 ) -> tuple[float, torch.Tensor]:
     """One image per adversarial prompt, judged; writes the attack's files. Returns (ASR, images)."""
-    images = generate(pipe, result.cond, p.seed, p.steps, p.guidance)
+    images = generate(pipe, result.cond, p.seed, p.steps, p.guidance, guide=guide)
     scores, is_concept = judge_concept(judge, images, concept)
     columns = {**result.columns, "score": [round(s, 6) for s in scores.tolist()], "is_concept": is_concept.bool().tolist()}
     write_prompts(result.prompts, out_dir / "prompts.csv", columns)
@@ -91,23 +97,25 @@ def judge_and_save(
     return attack_success_rate(is_concept), images
 
 
-def run_attacks(
-    pipe: StableDiffusionPipeline,
-    lora_dir: Path,
-    judge: Judge,
-    concept: str,
-    prompts: list[str],
-    p: AttacksParams,
-    out_dir: Path,
-    search_texts: list[str] | None = None,
-) -> tuple[dict, dict[str, torch.Tensor], list[float]]:
-    """All four attacks on the base model, then on base + the LoRA in `lora_dir` (left
-    loaded in `pipe`); discrete searches use the tokens of `search_texts` (None: the whole
-    vocabulary). Returns (metrics, per attack its images as base / erased rows,
-    Ring-A-Bell's mean best fitness per generation)."""
-    lora = Path(lora_dir) / LORA_FILE
-    if not lora.is_file():
-        raise FileNotFoundError(f"{lora}: erasure LoRA not found; run the erase stage first")
+@dataclass
+class AttackInputs:
+    """What every attacked model shares, made from the base model before any method is
+    applied: the attacked prompts, the base images P4D / UnlearnDiff start from, CCE's
+    inversion set, and Ring-A-Bell's prompts (text encoder only, so valid for any UNet)."""
+
+    prompts: list[str]
+    x0: torch.Tensor
+    concept_latents: torch.Tensor
+    ring: AttackResult
+    allowed: torch.Tensor
+    seconds: dict[str, float]
+
+
+def prepare_attacks(
+    pipe: StableDiffusionPipeline, judge: Judge, concept: str, prompts: list[str], p: AttacksParams, search_texts: list[str] | None = None
+) -> AttackInputs:
+    """Run on the base pipeline; discrete searches use the tokens of `search_texts` (None:
+    the whole vocabulary)."""
     require(len(prompts) >= p.n_prompts, "attacks.n_prompts", f"{p.n_prompts} asked, only {len(prompts)} normal prompts")
     require(len(prompts) >= p.cce.candidates, "attacks.cce.candidates", f"{p.cce.candidates} asked, only {len(prompts)} normal prompts")
     allowed = searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings, search_texts)
@@ -118,34 +126,76 @@ def run_attacks(
     pool = prompts[: max(p.n_prompts, p.cce.candidates)]
     latents = generate_latents(pipe, encode_prompts(pipe, pool), p.seed, p.steps, p.guidance)
     scores, _ = judge_concept(judge, latents_to_images(pipe.vae, latents), concept)
-    concept_latents = latents[scores.argsort(descending=True)[: p.cce.images]]
-    x0 = latents[: p.n_prompts]
     seconds = {"base_images": round(time.time() - start, 1)}
     ring = ring_a_bell_attack(pipe, attacked, p.ring_a_bell, p.seed, p.batch_size, allowed)
     seconds["ring_a_bell/search"] = round(time.time() - start - seconds["base_images"], 1)
+    concept_latents = latents[scores.argsort(descending=True)[: p.cce.images]]
+    return AttackInputs(attacked, latents[: p.n_prompts], concept_latents, ring, allowed, seconds)
 
+
+def attack_model(
+    pipe: StableDiffusionPipeline,
+    judge: Judge,
+    concept: str,
+    inputs: AttackInputs,
+    p: AttacksParams,
+    out_dir: Path,
+    guide: Guide | None = None,
+) -> tuple[dict[str, float], dict[str, torch.Tensor], dict[str, float]]:
+    """All four attacks against the model `pipe` is now (sampled with `guide` if the method
+    steers sampling); files under `out_dir/{attack}`. Returns (ASR per attack, images per
+    attack, seconds per attack)."""
     runs: dict[str, Callable[[], AttackResult]] = {
-        "cce": lambda: cce_attack(pipe, concept_latents, p.n_prompts, p.cce, p.seed),
-        "p4d": lambda: p4d_attack(pipe, attacked, x0, p.p4d, p.seed, p.batch_size, allowed),
-        "unlearndiff": lambda: unlearndiff_attack(pipe, attacked, x0, p.unlearndiff, p.seed, p.batch_size, allowed),
-        "ring_a_bell": lambda: ring,
+        "cce": lambda: cce_attack(pipe, inputs.concept_latents, p.n_prompts, p.cce, p.seed),
+        "p4d": lambda: p4d_attack(pipe, inputs.prompts, inputs.x0, p.p4d, p.seed, p.batch_size, inputs.allowed),
+        "unlearndiff": lambda: unlearndiff_attack(pipe, inputs.prompts, inputs.x0, p.unlearndiff, p.seed, p.batch_size, inputs.allowed),
+        "ring_a_bell": lambda: inputs.ring,
     }
-    metrics: dict = {model: {} for model in MODELS}
+    asr, images, seconds = {}, {}, {}
+    for name in ATTACKS:
+        t0 = time.time()
+        asr[name], images[name] = judge_and_save(pipe, judge, concept, runs[name](), p, out_dir / name, guide)
+        seconds[name] = round(time.time() - t0, 1)
+        print(f"{name} vs {out_dir.name}: ASR {asr[name]:.1f}% ({seconds[name]:.0f}s)")
+    return asr, images, seconds
+
+
+def run_attacks(
+    pipe: StableDiffusionPipeline,
+    erased_dir: Path,
+    judge: Judge,
+    concept: str,
+    prompts: list[str],
+    p: AttacksParams,
+    out_dir: Path,
+    search_texts: list[str] | None = None,
+) -> tuple[dict, dict[str, torch.Tensor], list[float]]:
+    """All four attacks on the base model, then on the erased model of the method folder
+    `erased_dir` (left applied to `pipe`). Returns (metrics, per attack its images as base /
+    erased rows, Ring-A-Bell's mean best fitness per generation)."""
+    info = Path(erased_dir) / INFO_FILE
+    if not info.is_file():
+        raise FileNotFoundError(f"{info}: erased model not found; run its erase / baseline stage first")
+    start = time.time()
+    inputs = prepare_attacks(pipe, judge, concept, prompts, p, search_texts)
+    metrics: dict = {}
+    seconds = dict(inputs.seconds)
     rows: dict[str, list[torch.Tensor]] = {name: [] for name in ATTACKS}
     for model in MODELS:
-        if model == "erased":
-            load_lora_into(pipe, lora_dir)
+        guide = apply_method(pipe, erased_dir) if model == "erased" else None
+        metrics[model], images, took = attack_model(pipe, judge, concept, inputs, p, out_dir / model, guide)
+        seconds.update({f"{name}/{model}": s for name, s in took.items()})
         for name in ATTACKS:
-            t0 = time.time()
-            asr, images = judge_and_save(pipe, judge, concept, runs[name](), p, out_dir / name / model)
-            metrics[model][name] = asr
-            rows[name].append(images)
-            seconds[f"{name}/{model}"] = round(time.time() - t0, 1)
-            print(f"{name} vs {model}: ASR {asr:.1f}% ({seconds[f'{name}/{model}']:.0f}s)")
+            rows[name].append(images[name])
     seconds["total"] = round(time.time() - start, 1)
     metrics.update(n_prompts=p.n_prompts, seconds=seconds)
-    fitness = [sum(values) / len(values) for values in ring.log["best_fitness"]]
+    fitness = [sum(values) / len(values) for values in inputs.ring.log["best_fitness"]]
     return metrics, {name: torch.stack(r) for name, r in rows.items()}, fitness
+
+
+def search_texts_for(p: AttacksParams) -> list[str] | None:
+    """The texts whose tokens the discrete searches may use (None: the whole vocabulary)."""
+    return [q for path in sorted(PROMPTS_DIR.glob("*.csv")) for q in read_prompts(path)] if p.search_space == "prompts" else None
 
 
 def main() -> None:
@@ -153,17 +203,19 @@ def main() -> None:
     models = parse_section(ModelsParams, params["models"], "models")
     concept = parse_section(ConceptParams, params["concept"], "concept")
     p = parse_section(AttacksParams, params.get("attacks"), "attacks")
+    method = params.get("method", "dm2")
+    check_method(method)
     device = resolve_device(params.get("device", "auto"))
     prompts = read_prompts(PROMPTS_DIR / f"{concept.name}.csv")
-    search_texts = [q for path in sorted(PROMPTS_DIR.glob("*.csv")) for q in read_prompts(path)] if p.search_space == "prompts" else None
+    search_texts = search_texts_for(p)
     judge = load_judge(models.judge, models.judge_path)
     pipe = load_pipeline(models.diffusion, device)
-    metrics, grids, fitness = run_attacks(pipe, LORA_DIR, judge, concept.name, prompts, p, OUT_DIR, search_texts)
+    metrics, grids, fitness = run_attacks(pipe, method_dir(method), judge, concept.name, prompts, p, OUT_DIR, search_texts)
     write_json(metrics, METRICS)
     write_json([{"generation": i, "best_fitness": f} for i, f in enumerate(fitness)], PLOT)
     GRIDS.mkdir(parents=True, exist_ok=True)
     for name, rows in grids.items():
-        image_grid(list(rows), ["base", "DM2"]).save(GRIDS / f"{name}.png")
+        image_grid(list(rows), ["base", method_label(method_dir(method))]).save(GRIDS / f"{name}.png")
     print({model: metrics[model] for model in MODELS})
 
 

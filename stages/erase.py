@@ -26,10 +26,11 @@ from dm2.dark_miner import CircumventParams, MineParams, VerifyParams, circumven
 from dm2.diffusion import encode_prompts, free_embedding_states, generate, generate_latents, load_pipeline, prompt_token_embeddings
 from dm2.io import load_tensors, read_metadata, save_tensors, write_json
 from dm2.lora import add_lora, adapters_disabled, frozen, lora_state, restore_lora, save_lora
+from dm2.methods import method_dir, write_method_info
 from dm2.models import ModelsParams, resolve_device
 
 POOL_FILE = Path("data/pool/latents.safetensors")
-OUT_DIR = Path("artifacts/erase")
+OUT_DIR = method_dir("dm2")
 METRICS = Path("metrics/erase.json")
 PLOT = Path("plots/erase_s.json")
 CHECKPOINT = "checkpoint.safetensors"
@@ -99,6 +100,7 @@ def export(state: EraseState, unet: torch.nn.Module, out_dir: Path) -> None:
     meta = {f"s_{i:03d}": f"{row['s']:.6f}" for i, row in enumerate(state.log)}
     save_tensors({f"c_{i:03d}": c for i, c in enumerate(state.embeddings)}, out_dir / "embeddings.safetensors", meta)
     write_json({"loops": state.log, "stop": state.stop}, out_dir / "loop_log.json")
+    write_method_info(out_dir, "dm2", loops=len(state.log), stop=state.stop)
 
 
 def erase(

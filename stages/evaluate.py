@@ -4,7 +4,8 @@
   also split into prompts that say the concept's name and prompts that only use synonyms;
 - preservation: judge accuracy on prompts of the other shapes, CLIP score and Frechet
   distance (judge features vs rendered references) on held-out world captions of the
-  other shapes;
+  other shapes; for real models (`evaluate.coco`) on COCO-2017 val captions, FID in the
+  FID Inception network's features against the COCO images;
 - image grids: base row vs erased row, same seeds.
 """
 
@@ -14,18 +15,20 @@ import csv
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from diffusers import StableDiffusionPipeline
 
 from dm2.clip import ClipModel, clip_score, load_clip
+from dm2.coco import CocoParams, coco_pairs, fid_network, inception_features, load_images
 from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section, require
-from dm2.diffusion import encode_prompts, generate, load_pipeline
+from dm2.diffusion import Guide, encode_prompts, generate, load_pipeline
 from dm2.grid import image_grid
-from dm2.io import write_json
+from dm2.io import save_tensors, write_json
 from dm2.judge import Judge, judge_concept, load_judge
-from dm2.lora import load_lora_into
+from dm2.methods import apply_method, check_method, method_dir, method_label
 from dm2.metrics import KINDS, erasure_ratio_score, frechet_distance
 from dm2.models import ModelsParams, resolve_device
 from dm2.prompts import read_prompts
@@ -34,7 +37,7 @@ from dm2.training import WorldParams, world_split
 PROMPTS_DIR = Path("data/prompts")
 METRICS = Path("metrics/eval.json")
 GRIDS = Path("plots/grids")
-LORA_DIR = Path("artifacts/erase")
+IMAGES = Path("artifacts/eval/concept_images.safetensors")  # grid rows, for the report
 
 
 @dataclass
@@ -42,12 +45,13 @@ class EvaluateParams:
     images_per_prompt: int  # paper: 10
     n_prompts: int  # normal prompts used, from the top of the CSV
     n_other: int
-    n_heldout: int  # paper: 5,000 COCO captions
+    n_heldout: int  # held-out world captions; with `coco`, coco.n is used (paper: 5,000)
     steps: int
     guidance: float
     seed: int
     kind: str  # "object" (shapes, objects, styles) or "inappropriate" (nudity, violence)
     grid_images: int = 8
+    coco: CocoParams | None = None  # real models: COCO-2017 val captions / images and FID (replaces the world's held-out set)
 
     def validate(self, name: str) -> None:
         for key in ("images_per_prompt", "n_prompts", "n_other", "n_heldout", "steps", "grid_images"):
@@ -64,7 +68,8 @@ class EvalSet:
     other_prompts: list[str]
     other_shapes: list[str]
     heldout_captions: list[str]
-    heldout_images: torch.Tensor
+    reference_features: torch.Tensor  # of the held-out reference images, in the FD feature space
+    features: Callable[[torch.Tensor], torch.Tensor]  # that space: the world judge's, or FID Inception's
 
 
 def read_uses_name(path: Path, prompts: list[str]) -> list[bool]:
@@ -76,28 +81,42 @@ def read_uses_name(path: Path, prompts: list[str]) -> list[bool]:
     return [row["uses_name"] == "True" for row in rows][: len(prompts)]
 
 
-def load_eval_set(concept: str, world: WorldParams, p: EvaluateParams) -> EvalSet:
+def load_eval_set(concept: str, world: WorldParams, p: EvaluateParams, judge: Judge, device: torch.device | str = "cpu") -> EvalSet:
     path = PROMPTS_DIR / f"{concept}.csv"
     prompts = read_prompts(path)[: p.n_prompts]
     others_path = PROMPTS_DIR / f"others_{concept}.csv"
     others = read_prompts(others_path)[: p.n_other]
     with others_path.open(newline="") as f:
         other_shapes = [row["shape"] for row in csv.DictReader(f)][: len(others)]
+    uses_name = read_uses_name(path, prompts)
+    if p.coco is not None:
+        captions, files = coco_pairs(p.coco)
+        features = inception_features(fid_network(p.coco.inception, device))
+        # Reference features in chunks: 5,000 decoded COCO images would not fit in memory.
+        reference = torch.cat([features(load_images(files[i : i + 100])) for i in range(0, len(files), 100)])
+        return EvalSet(prompts, uses_name, others, other_shapes, captions, reference, features)
     # Preservation is measured where the concept is absent (as COCO is for nudity): held-out
     # captions of the other shapes, against their rendered images.
     images, samples = world_split(world, "heldout")
     keep = [i for i, s in enumerate(samples) if s.shape != concept][: p.n_heldout]
     captions = [samples[i].caption for i in keep]
-    return EvalSet(prompts, read_uses_name(path, prompts), others, other_shapes, captions, images[keep])
+    return EvalSet(prompts, uses_name, others, other_shapes, captions, judge.features(images[keep]), judge.features)
 
 
 def measure(
-    pipe: StableDiffusionPipeline, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams
+    pipe: StableDiffusionPipeline,
+    judge: Judge,
+    clip: ClipModel,
+    data: EvalSet,
+    concept: str,
+    p: EvaluateParams,
+    guide: Guide | None = None,
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
-    """Metrics of one model, plus its first concept and other-prompt images for the grids."""
+    """Metrics of one model (`pipe`, sampled with `guide` if the method steers sampling),
+    plus its first concept and other-prompt images for the grids."""
 
     def images_for(prompts: list[str], seed: int) -> torch.Tensor:
-        return generate(pipe, encode_prompts(pipe, prompts), seed, p.steps, p.guidance)
+        return generate(pipe, encode_prompts(pipe, prompts), seed, p.steps, p.guidance, guide=guide)
 
     repeated = [q for q in data.concept_prompts for _ in range(p.images_per_prompt)]
     concept_images = images_for(repeated, p.seed)
@@ -118,19 +137,20 @@ def measure(
 
     heldout = images_for(data.heldout_captions, p.seed + 2)
     metrics["clip_score"] = clip_score(clip, heldout, data.heldout_captions).mean().item()
-    metrics["fd"] = frechet_distance(judge.features(heldout), judge.features(data.heldout_images))
+    metrics["fd"] = frechet_distance(data.features(heldout), data.reference_features)
     step = max(1, p.images_per_prompt)
     return metrics, concept_images[::step][: p.grid_images], other_images[: p.grid_images]
 
 
 def evaluate(
-    pipe: StableDiffusionPipeline, lora_dir: Path, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams
+    pipe: StableDiffusionPipeline, erased_dir: Path, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Base first, then the same pipeline with the erasure LoRA loaded."""
+    """Base first, then the same pipeline made into the erased model of the method folder
+    `erased_dir` (`dm2.methods.apply_method`)."""
     start = time.time()
     base, base_concept, base_other = measure(pipe, judge, clip, data, concept, p)
-    load_lora_into(pipe, lora_dir)
-    erased, erased_concept, erased_other = measure(pipe, judge, clip, data, concept, p)
+    guide = apply_method(pipe, erased_dir)
+    erased, erased_concept, erased_other = measure(pipe, judge, clip, data, concept, p, guide)
     metrics = {"base": base, "erased": erased, "seconds": round(time.time() - start, 1)}
     grids = {"concept": torch.stack([base_concept, erased_concept]), "other": torch.stack([base_other, erased_other])}
     return metrics, grids
@@ -142,16 +162,19 @@ def main() -> None:
     models = parse_section(ModelsParams, params["models"], "models")
     concept = parse_section(ConceptParams, params["concept"], "concept")
     p = parse_section(EvaluateParams, params["evaluate"], "evaluate")
+    method = params.get("method", "dm2")
+    check_method(method)
     device = resolve_device(params.get("device", "auto"))
-    data = load_eval_set(concept.name, world, p)
     judge = load_judge(models.judge, models.judge_path)
+    data = load_eval_set(concept.name, world, p, judge, device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
     pipe = load_pipeline(models.diffusion, device)
-    metrics, grids = evaluate(pipe, LORA_DIR, judge, clip, data, concept.name, p)
+    metrics, grids = evaluate(pipe, method_dir(method), judge, clip, data, concept.name, p)
     write_json(metrics, METRICS)
+    save_tensors({"base": grids["concept"][0], method: grids["concept"][1]}, IMAGES)
     GRIDS.mkdir(parents=True, exist_ok=True)
     for name, rows in grids.items():
-        image_grid(list(rows), ["base", "DM2"]).save(GRIDS / f"{name}.png")
+        image_grid(list(rows), ["base", method_label(method_dir(method))]).save(GRIDS / f"{name}.png")
     print({k: v for k, v in metrics.items()})
 
 

@@ -32,7 +32,8 @@ from dm2.config import ParamsError, load_params, parse_section
 from dm2.diffusion import encode_token_embeddings
 from dm2.diffusion import encode_prompts, generate_latents
 from dm2.io import load_tensors
-from dm2.lora import LORA_FILE, add_lora, save_lora
+from dm2.lora import add_lora, save_lora
+from dm2.methods import INFO_FILE, write_method_info
 from dm2.world_models import world_text_encoder
 from stages.attack import AttacksParams, run_attacks
 
@@ -295,6 +296,7 @@ STAGE_PROMPTS = ["a red circle", "a blue ball", "a circle on a white background"
 def lora_dir(tiny_pipe, tmp_path):
     with_random_lora(tiny_pipe)
     save_lora(tiny_pipe.unet, tmp_path / "erase")
+    write_method_info(tmp_path / "erase", "dm2")
     tiny_pipe.unet.delete_adapters(tiny_pipe.unet.active_adapters())
     return tmp_path / "erase"
 
@@ -306,21 +308,21 @@ def test_stage_writes_every_attack_and_asr_matches_the_judge(tiny_pipe, lora_dir
     for model in ("base", "erased"):
         assert metrics[model] == {name: 75.0 for name in ("cce", "p4d", "unlearndiff", "ring_a_bell")}  # 3 of 4
         for name in ("cce", "p4d", "unlearndiff", "ring_a_bell"):
-            with (out / name / model / "prompts.csv").open(newline="") as f:
+            with (out / model / name / "prompts.csv").open(newline="") as f:
                 rows = list(csv.DictReader(f))
             assert [r["is_concept"] for r in rows] == ["True"] * 3 + ["False"]
-            assert load_tensors(out / name / model / "embeddings.safetensors")
-            assert json.loads((out / name / model / "log.json").read_text())
+            assert load_tensors(out / model / name / "embeddings.safetensors")
+            assert json.loads((out / model / name / "log.json").read_text())
     assert grids["p4d"].shape == (2, 4, 3, 32, 32) and len(fitness) == 3
     # P4D's reference is the original model in both runs: nothing to match on the base model.
-    assert max(json.loads((out / "p4d" / "base" / "log.json").read_text())["loss"]) == 0.0
-    assert min(json.loads((out / "p4d" / "erased" / "log.json").read_text())["loss"]) > 0.0
-    with (out / "ring_a_bell" / "base" / "prompts.csv").open() as a, (out / "ring_a_bell" / "erased" / "prompts.csv").open() as b:
+    assert max(json.loads((out / "base" / "p4d" / "log.json").read_text())["loss"]) == 0.0
+    assert min(json.loads((out / "erased" / "p4d" / "log.json").read_text())["loss"]) > 0.0
+    with (out / "base" / "ring_a_bell" / "prompts.csv").open() as a, (out / "erased" / "ring_a_bell" / "prompts.csv").open() as b:
         assert a.read() == b.read()  # model-agnostic: one search, both models
 
 
 def test_stage_refuses_a_missing_lora_before_any_work(tiny_pipe, tmp_path):
-    with pytest.raises(FileNotFoundError, match=LORA_FILE):
+    with pytest.raises(FileNotFoundError, match=INFO_FILE):
         run_attacks(tiny_pipe, tmp_path / "nowhere", FakeJudge(), "circle", STAGE_PROMPTS, stage_params(), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -28,7 +28,8 @@ def test_evaluate_measures_base_and_erased_side_by_side(tiny_pipe, tiny_clip, tm
         other_prompts=["a red box", "a star", "a blue plus"],
         other_shapes=["square", "star", "cross"],
         heldout_captions=["a red circle", "a blue star", "a square", "a plus"],
-        heldout_images=torch.rand(4, 3, 32, 32),
+        reference_features=judge.features(torch.rand(4, 3, 32, 32)),
+        features=judge.features,
     )
     p = EvaluateParams(images_per_prompt=2, n_prompts=2, n_other=3, n_heldout=4, steps=2, guidance=2.0, seed=0, kind="object", grid_images=2)
     metrics, grids = evaluate(tiny_pipe, tmp_path, judge, tiny_clip, data, "circle", p)

@@ -1,0 +1,80 @@
+"""Stage report: the comparison of the paper's Table 1 / Fig. 4 from the metrics files.
+
+Rows: the base model and the `method` param's erased model (`metrics/eval.json`,
+`metrics/attacks.json`), then every method of `compare.methods`
+(`metrics/compare/{method}.json`). Writes `reports/table.md`, `reports/radar.png`
+(Appendix D's normalised metrics and their average) and `reports/grid.png` (the first
+concept images of every model, same prompts and seeds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dm2.config import load_params, parse_section, require
+from dm2.io import load_tensors, read_json
+from dm2.methods import LABELS, check_method
+from dm2.report import BASE, method_grid, radar_chart, radar_ratios, table_markdown
+
+REPORTS = Path("reports")
+EVAL = Path("metrics/eval.json")
+ATTACKS = Path("metrics/attacks.json")
+COMPARE_METRICS = Path("metrics/compare")
+EVAL_IMAGES = Path("artifacts/eval/concept_images.safetensors")
+COMPARE_IMAGES = Path("artifacts/compare")
+
+
+@dataclass
+class CompareParams:
+    methods: list[str]  # measured beside `method` by the compare stage
+
+    def validate(self, name: str) -> None:
+        for i, m in enumerate(self.methods):
+            check_method(m, f"{name}.methods[{i}]")
+
+
+def collect_rows(method: str, others: list[str], eval_metrics: dict, attack_metrics: dict, compare_dir: Path) -> dict[str, dict[str, Any]]:
+    """Report rows keyed by label, base first: metrics with `asr` per attack."""
+    rows = {BASE: {**eval_metrics["base"], "asr": attack_metrics["base"]}}
+    rows[LABELS[method]] = {**eval_metrics["erased"], "asr": attack_metrics["erased"]}
+    for m in others:
+        if m != method:
+            rows[LABELS[m]] = read_json(compare_dir / f"{m}.json")
+    return rows
+
+
+def collect_images(method: str, others: list[str], eval_images: Path, compare_dir: Path) -> dict[str, torch.Tensor]:
+    main = load_tensors(eval_images)
+    images = {BASE: main["base"], LABELS[method]: main[method]}
+    for m in others:
+        if m != method:
+            images[LABELS[m]] = load_tensors(compare_dir / m / "concept_images.safetensors")[m]
+    return images
+
+
+def write_report(rows: dict[str, dict[str, Any]], images: dict[str, torch.Tensor], out_dir: Path) -> str:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = table_markdown(rows)
+    (out_dir / "table.md").write_text(table)
+    radar_chart(radar_ratios(rows), out_dir / "radar.png")
+    method_grid(images).save(out_dir / "grid.png")
+    return table
+
+
+def main() -> None:
+    params = load_params()
+    method = params.get("method", "dm2")
+    check_method(method)
+    compare = parse_section(CompareParams, params.get("compare"), "compare")
+    require(EVAL.is_file() and ATTACKS.is_file(), "report", f"{EVAL} and {ATTACKS} are needed; run the evaluate and attack stages")
+    rows = collect_rows(method, compare.methods, read_json(EVAL), read_json(ATTACKS), COMPARE_METRICS)
+    images = collect_images(method, compare.methods, EVAL_IMAGES, COMPARE_IMAGES)
+    print(write_report(rows, images, REPORTS))
+
+
+if __name__ == "__main__":
+    main()
