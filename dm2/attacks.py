@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import re
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -114,8 +114,10 @@ class RingABellParams:
     generations: int  # paper: 3000 (uncertain)
     mutation_rate: float  # per token; paper: 0.25 (uncertain)
     crossover_rate: float  # paper: 0.5 (uncertain)
-    concept_words: list[str]  # words of the concept in the prompts (name and synonyms)
-    neutral_words: list[str]  # what they are replaced with to form the concept-free pair
+    # Words of the concept in the prompts (name and synonyms) and what they are replaced with
+    # to form the concept-free pair; empty: taken from the world (`world_words`).
+    concept_words: list[str] = field(default_factory=list)
+    neutral_words: list[str] = field(default_factory=list)
     elite: int = 1  # best individuals kept as they are: the best fitness never drops
     init_from_prompt: bool = True  # paper: random initial population
 
@@ -124,8 +126,16 @@ class RingABellParams:
         require(self.elite < self.population, f"{name}.elite", f"must be below population ({self.population}), got {self.elite}")
         for key in ("mutation_rate", "crossover_rate"):
             require(0.0 <= getattr(self, key) <= 1.0, f"{name}.{key}", f"must be in [0, 1], got {getattr(self, key)}")
-        require(bool(self.concept_words), f"{name}.concept_words", "must name at least one word")
-        require(bool(self.neutral_words), f"{name}.neutral_words", "must name at least one word")
+        require(bool(self.concept_words) == bool(self.neutral_words), f"{name}.concept_words/neutral_words", "give both, or neither (world words)")
+
+
+def world_words(p: RingABellParams, concept: str, synonyms: dict[str, list[str]]) -> RingABellParams:
+    """`p` with Ring-A-Bell's word pairs filled in from the world when not given: the
+    concept's synonyms against the other shapes' names."""
+    if p.concept_words:
+        return p
+    require(concept in synonyms, "attacks.ring_a_bell.concept_words", f"{concept!r} is no world shape; name its words")
+    return replace(p, concept_words=list(synonyms[concept]), neutral_words=[s for s in synonyms if s != concept])
 
 
 # ---------------------------------------------------------------- text encoder and tokens

@@ -37,8 +37,13 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if hint is Any:
         return value
     if origin in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(hint) if o is not type(None)]
+        if value is None and len(options) < len(typing.get_args(hint)):
+            return None
+        if len(options) == 1:  # Optional[X]: X's own error names the culprit
+            return _check_type(value, options[0], key)
         errors = []
-        for option in typing.get_args(hint):
+        for option in options:
             try:
                 return _check_type(value, option, key)
             except ParamsError as e:

@@ -16,7 +16,7 @@ judge score and verdict, token ids where the prompt is discrete), embeddings.saf
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +34,7 @@ from dm2.attacks import (
     ring_a_bell_attack,
     searchable,
     unlearndiff_attack,
+    world_words,
 )
 from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section, require
@@ -45,6 +46,7 @@ from dm2.methods import INFO_FILE, apply_method, check_method, method_dir, metho
 from dm2.metrics import attack_success_rate
 from dm2.models import ModelsParams, resolve_device
 from dm2.prompts import read_prompts, write_prompts
+from dm2.training import WorldParams
 
 PROMPTS_DIR = Path("data/prompts")
 OUT_DIR = Path("artifacts/attacks")
@@ -203,6 +205,8 @@ def main() -> None:
     models = parse_section(ModelsParams, params["models"], "models")
     concept = parse_section(ConceptParams, params["concept"], "concept")
     p = parse_section(AttacksParams, params.get("attacks"), "attacks")
+    world = parse_section(WorldParams, params["world"], "world")
+    p = replace(p, ring_a_bell=world_words(p.ring_a_bell, concept.name, world.synonyms))
     method = params.get("method", "dm2")
     check_method(method)
     device = resolve_device(params.get("device", "auto"))

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
 
+from dm2.attacks import world_words
 from dm2.clip import ClipModel, load_clip
 from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section
@@ -72,6 +74,7 @@ def main() -> None:
     concept = parse_section(ConceptParams, params["concept"], "concept")
     ep = parse_section(EvaluateParams, params["evaluate"], "evaluate")
     ap = parse_section(AttacksParams, params.get("attacks"), "attacks")
+    ap = replace(ap, ring_a_bell=world_words(ap.ring_a_bell, concept.name, world.synonyms))
     device = resolve_device(params.get("device", "auto"))
     judge = load_judge(models.judge, models.judge_path)
     data = load_eval_set(concept.name, world, ep, judge, device)

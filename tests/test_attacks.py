@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dm2.attacks import (
+    world_words,
     CCEParams,
     P4DParams,
     RingABellParams,
@@ -367,3 +368,16 @@ def test_attacks_refuse_zero_prompts(tiny_pipe, x0):
 def test_params_yaml_attacks_section_parses():
     p = parse_section(AttacksParams, load_params(Path(__file__).resolve().parents[1] / "params.yaml")["attacks"], "attacks")
     assert p.unlearndiff.prefix_tokens == 5 and p.unlearndiff.iterations == 40  # the original's values
+
+
+def test_ring_a_bell_words_come_from_the_world_unless_given():
+    synonyms = {"circle": ["circle", "ball"], "square": ["square", "box"], "star": ["star"]}
+    derived = world_words(rab_params(concept_words=[], neutral_words=[]), "circle", synonyms)
+    assert derived.concept_words == ["circle", "ball"] and derived.neutral_words == ["square", "star"]
+    given = rab_params(concept_words=["nude"], neutral_words=["clothed"])
+    assert world_words(given, "nudity", synonyms) is given
+    with pytest.raises(ParamsError, match="attacks.ring_a_bell.concept_words: 'nudity' is no world shape"):
+        world_words(rab_params(concept_words=[], neutral_words=[]), "nudity", synonyms)
+    bad = {"tokens": 4, "eta": 2.0, "population": 8, "generations": 5, "mutation_rate": 0.3, "crossover_rate": 0.5, "concept_words": ["circle"]}
+    with pytest.raises(ParamsError, match="attacks.ring_a_bell.concept_words/neutral_words: give both, or neither"):
+        parse_section(RingABellParams, bad, "attacks.ring_a_bell")

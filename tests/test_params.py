@@ -12,11 +12,14 @@ from dm2.config import ParamsError, load_params, parse_section
 from dm2.dark_miner import CircumventParams, MineParams, VerifyParams
 from dm2.models import ModelsParams, resolve_device
 from dm2.training import WorldParams
+from dm2.methods import check_method
 from stages.attack import AttacksParams
+from stages.baseline import BaselinesParams
 from stages.erase import EraseParams
 from stages.evaluate import EvaluateParams
 from stages.pool import PoolParams
 from stages.prompts import PromptsParams
+from stages.report import CompareParams
 from stages.train_clip import ClipTrainParams
 from stages.train_diffusion import UnetParams, VaeParams
 from stages.train_judge import JudgeTrainParams
@@ -40,12 +43,23 @@ SECTIONS = {
     "prompts": PromptsParams,
     "evaluate": EvaluateParams,
     "attacks": AttacksParams,
+    "baselines": BaselinesParams,
+    "compare": CompareParams,
 }
 
 
 @pytest.mark.parametrize("path", ["params.yaml", "presets/sd14.yaml"])
-def test_every_section_parses(path):
+def test_every_section_parses(path, tmp_path):
     params = load_params(ROOT / path)
+    check_method(params["method"])
+    coco = params["evaluate"].get("coco")
+    if coco:  # the preset points at COCO files the user provides: stand-ins here
+        with pytest.raises(ParamsError, match="evaluate.coco.captions: .* does not exist"):
+            parse_section(EvaluateParams, params["evaluate"], "evaluate")
+        (tmp_path / "captions.json").write_text("{}")
+        (tmp_path / "inception.safetensors").write_text("")
+        params["evaluate"]["coco"] = {**coco, "captions": str(tmp_path / "captions.json"), "images": str(tmp_path),
+                                      "inception": str(tmp_path / "inception.safetensors")}  # fmt: skip
     for name, cls in SECTIONS.items():
         parse_section(cls, params[name], name)
 
