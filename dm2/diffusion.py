@@ -147,11 +147,13 @@ def generate_latents(
     guidance: float,
     batch_size: int = 64,
     guide: Guide | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scaled latents sampled for conditioning `cond` (N x L x width). The noise for all
-    N samples is drawn at once from `seed`, so results do not depend on `batch_size`."""
+    N samples is drawn at once from `seed`, so results do not depend on `batch_size`;
+    `noise` (N x C x h x w) instead gives each sample its own starting latents."""
     uncond = encode_prompts(pipe, [""])
-    noise = initial_noise(cond.shape[0], pipe.unet, seed)
+    noise = initial_noise(cond.shape[0], pipe.unet, seed) if noise is None else noise.to(pipe.unet.device, pipe.unet.dtype)
     return torch.cat(
         [
             sample(pipe.unet, pipe.scheduler, cond[i : i + batch_size], uncond, noise[i : i + batch_size], steps, guidance, guide)
@@ -161,7 +163,13 @@ def generate_latents(
 
 
 def generate(
-    pipe: StableDiffusionPipeline, cond: torch.Tensor, seed: int, steps: int, guidance: float, guide: Guide | None = None
+    pipe: StableDiffusionPipeline,
+    cond: torch.Tensor,
+    seed: int,
+    steps: int,
+    guidance: float,
+    guide: Guide | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images in [0, 1] for conditioning `cond`; see `generate_latents`."""
-    return latents_to_images(pipe.vae, generate_latents(pipe, cond, seed, steps, guidance, guide=guide))
+    return latents_to_images(pipe.vae, generate_latents(pipe, cond, seed, steps, guidance, guide=guide, noise=noise))

@@ -38,7 +38,7 @@ from dm2.attacks import (
 )
 from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section, require
-from dm2.diffusion import Guide, encode_prompts, generate, generate_latents, latents_to_images, load_pipeline
+from dm2.diffusion import Guide, encode_prompts, generate, generate_latents, initial_noise, latents_to_images, load_pipeline
 from dm2.grid import image_grid
 from dm2.io import save_tensors, write_json
 from dm2.judge import Judge, judge_concept, load_judge
@@ -73,6 +73,9 @@ class AttacksParams:
     p4d: P4DParams
     unlearndiff: UnlearnDiffParams
     ring_a_bell: RingABellParams
+    # P4D and UnlearnDiff attack "ideal" prompts: normal prompts whose base image (same
+    # starting noise) the judge calls the concept; all attacks then share that prompt set.
+    ideal_prompts: bool = True
 
     def validate(self, name: str) -> None:
         for key in ("n_prompts", "steps", "batch_size"):
@@ -88,9 +91,11 @@ def judge_and_save(
     p: AttacksParams,
     out_dir: Path,
     guide: Guide | None = None,
+    noise: torch.Tensor | None = None,
 ) -> tuple[float, torch.Tensor]:
-    """One image per adversarial prompt, judged; writes the attack's files. Returns (ASR, images)."""
-    images = generate(pipe, result.cond, p.seed, p.steps, p.guidance, guide=guide)
+    """One image per adversarial prompt, judged; writes the attack's files. Returns (ASR,
+    images). `noise`: each prompt's starting latents (default: drawn from `p.seed`)."""
+    images = generate(pipe, result.cond, p.seed, p.steps, p.guidance, guide=guide, noise=noise)
     scores, is_concept = judge_concept(judge, images, concept)
     columns = {**result.columns, "score": [round(s, 6) for s in scores.tolist()], "is_concept": is_concept.bool().tolist()}
     write_prompts(result.prompts, out_dir / "prompts.csv", columns)
@@ -107,6 +112,7 @@ class AttackInputs:
 
     prompts: list[str]
     x0: torch.Tensor
+    noise: torch.Tensor  # the starting latents x0 was sampled from, one per attacked prompt
     concept_latents: torch.Tensor
     ring: AttackResult
     allowed: torch.Tensor
@@ -122,17 +128,27 @@ def prepare_attacks(
     require(len(prompts) >= p.cce.candidates, "attacks.cce.candidates", f"{p.cce.candidates} asked, only {len(prompts)} normal prompts")
     allowed = searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings, search_texts)
     start = time.time()
-    attacked = prompts[: p.n_prompts]
-    # The base model's image for every normal prompt used: P4D / UnlearnDiff start from the
-    # first n_prompts (same prompt and seed), CCE inverts the best-judged ones.
-    pool = prompts[: max(p.n_prompts, p.cce.candidates)]
-    latents = generate_latents(pipe, encode_prompts(pipe, pool), p.seed, p.steps, p.guidance)
-    scores, _ = judge_concept(judge, latents_to_images(pipe.vae, latents), concept)
+    # The base model's image for every normal prompt that may be used: P4D / UnlearnDiff start
+    # from it (same prompt, same starting noise), CCE inverts the best-judged ones.
+    pool = prompts if p.ideal_prompts else prompts[: max(p.n_prompts, p.cce.candidates)]
+    noise = initial_noise(len(pool), pipe.unet, p.seed)
+    latents = generate_latents(pipe, encode_prompts(pipe, pool), p.seed, p.steps, p.guidance, noise=noise)
+    scores, is_concept = judge_concept(judge, latents_to_images(pipe.vae, latents), concept)
+    if p.ideal_prompts:
+        # As P4D and UnlearnDiff select their prompts: those whose base image shows the concept.
+        keep = is_concept.bool().nonzero().squeeze(1)[: p.n_prompts]
+        require(
+            len(keep) == p.n_prompts, "attacks.n_prompts",
+            f"{p.n_prompts} asked, only {len(keep)} of {len(pool)} normal prompts give a base image judged {concept!r}",
+        )  # fmt: skip
+    else:
+        keep = torch.arange(p.n_prompts)
+    attacked = [pool[i] for i in keep.tolist()]
     seconds = {"base_images": round(time.time() - start, 1)}
     ring = ring_a_bell_attack(pipe, attacked, p.ring_a_bell, p.seed, p.batch_size, allowed)
     seconds["ring_a_bell/search"] = round(time.time() - start - seconds["base_images"], 1)
-    concept_latents = latents[scores.argsort(descending=True)[: p.cce.images]]
-    return AttackInputs(attacked, latents[: p.n_prompts], concept_latents, ring, allowed, seconds)
+    best = scores[: p.cce.candidates].argsort(descending=True)[: p.cce.images]
+    return AttackInputs(attacked, latents[keep], noise[keep], latents[best], ring, allowed, seconds)
 
 
 def attack_model(
@@ -156,7 +172,9 @@ def attack_model(
     asr, images, seconds = {}, {}, {}
     for name in ATTACKS:
         t0 = time.time()
-        asr[name], images[name] = judge_and_save(pipe, judge, concept, runs[name](), p, out_dir / name, guide)
+        # Prompts derived from a normal prompt start from that prompt's base noise; CCE's do not.
+        noise = None if name == "cce" else inputs.noise
+        asr[name], images[name] = judge_and_save(pipe, judge, concept, runs[name](), p, out_dir / name, guide, noise)
         seconds[name] = round(time.time() - t0, 1)
         print(f"{name} vs {out_dir.name}: ASR {asr[name]:.1f}% ({seconds[name]:.0f}s)")
     return asr, images, seconds

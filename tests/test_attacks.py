@@ -286,6 +286,7 @@ def stage_params(**kw) -> AttacksParams:
         unlearndiff=dict(prefix_tokens=2, iterations=2, lr=0.05),
         ring_a_bell=dict(tokens=3, eta=1.0, population=4, generations=2, mutation_rate=0.2, crossover_rate=0.5,
                          concept_words=["circle", "ball"], neutral_words=["square"]),
+        ideal_prompts=False,
     )  # fmt: skip
     return parse_section(AttacksParams, {**base, **kw}, "attacks")
 
@@ -381,3 +382,34 @@ def test_ring_a_bell_words_come_from_the_world_unless_given():
     bad = {"tokens": 4, "eta": 2.0, "population": 8, "generations": 5, "mutation_rate": 0.3, "crossover_rate": 0.5, "concept_words": ["circle"]}
     with pytest.raises(ParamsError, match="attacks.ring_a_bell.concept_words/neutral_words: give both, or neither"):
         parse_section(RingABellParams, bad, "attacks.ring_a_bell")
+
+
+class PositionJudge:
+    """Says "circle" for the images at the given positions of every batch."""
+
+    classes = {"shape": ("circle", "square")}
+
+    def __init__(self, positions: list[int]):
+        self.positions = positions
+
+    def probs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        circle = torch.zeros(len(images))
+        circle[[i for i in self.positions if i < len(images)]] = 1.0
+        circle = circle * 0.8 + 0.1
+        return {"shape": torch.stack([circle, 1 - circle], dim=1)}
+
+
+def test_ideal_prompts_are_those_the_base_model_draws_the_concept_for(tiny_pipe, tmp_path):
+    from dm2.diffusion import latents_to_images
+    from stages.attack import attack_model, prepare_attacks
+
+    judge = PositionJudge([1, 3, 4])
+    p = stage_params(n_prompts=3, ideal_prompts=True)
+    inputs = prepare_attacks(tiny_pipe, judge, "circle", STAGE_PROMPTS, p, STAGE_PROMPTS)
+    assert inputs.prompts == [STAGE_PROMPTS[i] for i in (1, 3, 4)]
+    _, images, _ = attack_model(tiny_pipe, judge, "circle", inputs, p, tmp_path)
+    # P4D on the base model keeps the prompt (nothing to match), and starts from the prompt's
+    # own base noise: its images are the base images the prompts were chosen by.
+    assert torch.allclose(images["p4d"], latents_to_images(tiny_pipe.vae, inputs.x0), atol=1e-5)
+    with pytest.raises(ParamsError, match="attacks.n_prompts: 4 asked, only 3 of 5 normal prompts give a base image judged 'circle'"):
+        prepare_attacks(tiny_pipe, judge, "circle", STAGE_PROMPTS, stage_params(n_prompts=4, ideal_prompts=True), STAGE_PROMPTS)
