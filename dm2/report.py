@@ -123,7 +123,7 @@ def radar_chart(ratios: Mapping[str, Mapping[str, float]], path: str | Path) -> 
         raise ValueError("radar_chart: the methods share no metric")
     values = {name: np.array([r[a] for a in axes]) for name, r in ratios.items()}
     angles = np.linspace(0, 2 * np.pi, len(axes), endpoint=False)
-    fig = plt.figure(figsize=(10, 4.5))
+    fig = plt.figure(figsize=(11, 5))
     radar = fig.add_subplot(1, 2, 1, projection="polar")
     bars = fig.add_subplot(1, 2, 2)
     for i, (name, v) in enumerate(values.items()):
@@ -133,11 +133,11 @@ def radar_chart(ratios: Mapping[str, Mapping[str, float]], path: str | Path) -> 
     every = np.concatenate(list(values.values()))
     radar.set_ylim(min(0.0, every.min()), max(1.0, every.max()))  # a method worse than base dips below 0
     radar.set_xticks(angles, axes, fontsize=8)
-    radar.legend(loc="upper right", bbox_to_anchor=(1.35, 1.12), fontsize=8)
+    radar.legend(loc="upper left", bbox_to_anchor=(1.12, 1.0), fontsize=8)  # beside the radar, clear of its labels
     averages = [float(v.mean()) for v in values.values()]
     bars.bar(list(values), averages, color=[f"C{i % 10}" for i in range(len(values))])
     bars.set_ylabel("average of the radar metrics (higher is better)")
-    bars.tick_params(axis="x", labelrotation=30)
+    plt.setp(bars.get_xticklabels(), rotation=30, ha="right")
     for x, v in enumerate(averages):
         bars.annotate(f"{v:.2f}", (x, v), ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
