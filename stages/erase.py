@@ -103,6 +103,16 @@ def export(state: EraseState, unet: torch.nn.Module, out_dir: Path) -> None:
     write_method_info(out_dir, "dm2", loops=len(state.log), stop=state.stop)
 
 
+def verification_score(
+    pipe: StableDiffusionPipeline, clip: ClipModel, cond: torch.Tensor, anchor: torch.Tensor, f_e: torch.Tensor, v: VerifyParams
+) -> float:
+    """s(c) of the current model: x_c from `cond`, x_r from the anchor, `v.samples` seeds each."""
+    with frozen(pipe.unet):
+        x_c = generate(pipe, cond.expand(v.samples, -1, -1), v.seed, v.steps, v.guidance)
+        x_r = generate(pipe, anchor.expand(v.samples, -1, -1), v.seed, v.steps, v.guidance)
+    return delta_cosine(clip.encode_images(x_c), clip.encode_images(x_r), f_e)
+
+
 def erase(
     pipe: StableDiffusionPipeline,
     clip: ClipModel,
@@ -139,10 +149,8 @@ def erase(
         picked = torch.randperm(len(pool_latents), generator=g)[: m.k]
         with frozen(unet):
             c, mine_losses = mine(unet, scheduler, pool_latents[picked], init, encode, m, g, f"loop {i} mine")
-            x_c = generate(pipe, encode(c).expand(v.samples, -1, -1), v.seed, v.steps, v.guidance)
-            x_r = generate(pipe, anchor.expand(v.samples, -1, -1), v.seed, v.steps, v.guidance)
-        s = delta_cosine(clip.encode_images(x_c), clip.encode_images(x_r), f_pool[picked])
-        row = {"loop": i, "s": s, "mine_loss": mine_losses[-1], "circumvented": s > v.tau, "replayed": None, "l_c": None, "l_p": None}
+        s = verification_score(pipe, clip, encode(c), anchor, f_pool[picked], v)
+        row = {"loop": i, "s": s, "mine_loss": mine_losses[-1], "circumvented": s > v.tau, "replayed": None, "l_c": None, "l_p": None, "s_after": None}
         state.embeddings.append(c)
         if s > v.tau:
             with adapters_disabled(unet), frozen(unet):
@@ -152,6 +160,8 @@ def erase(
             states = circumvent_states(state.embeddings[j], anchor, encode)
             l_c, l_p = circumvent(unet, scheduler, lora_params, state.originals[j], states, cp, g, f"loop {i} circumvent")
             row.update(replayed=j, l_c=sum(l_c[-10:]) / len(l_c[-10:]), l_p=sum(l_p[-10:]) / len(l_p[-10:]))
+            # The same c verified again on the circumvented model (paper Fig. S1, before / after)
+            row["s_after"] = verification_score(pipe, clip, encode(c), anchor, f_pool[picked], v)
         row["seconds"] = round(time.time() - start, 2)
         state.log.append(row)
         if s <= v.tau:
@@ -162,7 +172,11 @@ def erase(
         export(state, unet, out_dir)
         bar.update(1)
         summary = f"loop {i}: s(c)={s:.3f} (tau {v.tau})"
-        summary += f", circumvented c_{row['replayed']}, l_c={row['l_c']:.4f}, l_p={row['l_p']:.4f}" if row["circumvented"] else ", stop"
+        summary += (
+            f", circumvented c_{row['replayed']}, l_c={row['l_c']:.4f}, l_p={row['l_p']:.4f}, s(c) after={row['s_after']:.3f}"
+            if row["circumvented"]
+            else ", stop"
+        )
         tqdm.write(summary + f", {row['seconds']:.1f}s")
     bar.close()
     export(state, unet, out_dir)  # heals exports of a run killed between checkpoint and export
@@ -194,7 +208,7 @@ def main() -> None:
         },
         METRICS,
     )
-    write_json([{"loop": r["loop"], "s": r["s"], "tau": v.tau} for r in state.log], PLOT)
+    write_json([{"loop": r["loop"], "s": r["s"], "s_after": r["s_after"], "tau": v.tau} for r in state.log], PLOT)
 
 
 if __name__ == "__main__":

@@ -57,11 +57,14 @@ def test_erase_runs_to_max_loops_and_writes_outputs(tiny_pipe, tiny_clip, pool, 
     emb = load_tensors(tmp_path / "embeddings.safetensors")
     assert sorted(emb) == ["c_000", "c_001", "c_002"] and emb["c_000"].shape == (1, 4, 16)
     assert float(read_metadata(tmp_path / "embeddings.safetensors")["s_001"]) == pytest.approx(state.log[1]["s"], abs=1e-5)
+    # s(c) of each loop's c again after its circumventing step: a cosine, from the changed model
+    assert all(-1.0 <= r["s_after"] <= 1.0 and r["s_after"] != r["s"] for r in log["loops"])
 
 
 def test_erase_stops_by_verification(tiny_pipe, tiny_clip, pool, tmp_path):
     state = run(tiny_pipe, tiny_clip, pool, tmp_path, tau=1.0)  # no cosine exceeds 1
     assert state.stop == "verification" and len(state.log) == 1 and not state.log[0]["circumvented"]
+    assert state.log[0]["s_after"] is None
 
 
 def test_lora_round_trips_through_diffusers(tiny_pipe, tiny_clip, pool, tmp_path):
