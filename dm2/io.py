@@ -3,9 +3,11 @@ interrupted stage never leaves a half-written file behind."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +64,12 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     return json.loads(path.read_text())
+
+
+def fingerprint(*sections: Any, data: torch.Tensor | None = None) -> str:
+    """Identifies the settings (params dataclasses or plain values) and input tensor an
+    output was made from, so a stage reuses a saved result only when they match."""
+    h = hashlib.sha256(json.dumps([asdict(s) if is_dataclass(s) else s for s in sections], sort_keys=True).encode())
+    if data is not None:
+        h.update(data.float().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -8,10 +8,9 @@ draws its randomness from (seed, loop index) alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section, require
 from dm2.dark_miner import CircumventParams, MineParams, VerifyParams, circumvent, circumvent_states, delta_cosine, mine
 from dm2.diffusion import encode_prompts, free_embedding_states, generate, generate_latents, load_pipeline, prompt_token_embeddings
-from dm2.io import load_tensors, read_metadata, save_tensors, write_json
+from dm2.io import fingerprint, load_tensors, read_metadata, save_tensors, write_json
 from dm2.lora import add_lora, adapters_disabled, frozen, lora_state, restore_lora, save_lora
 from dm2.methods import method_dir, write_method_info
 from dm2.models import ModelsParams, resolve_device
@@ -60,13 +59,6 @@ class EraseState:
     @property
     def verified(self) -> list[int]:
         return [i for i, row in enumerate(self.log) if row["circumvented"]]
-
-
-def fingerprint(*sections: Any, pool_latents: torch.Tensor) -> str:
-    """Identifies a run: a checkpoint is resumed only by a run with the same settings."""
-    h = hashlib.sha256(json.dumps([asdict(s) if hasattr(s, "__dataclass_fields__") else s for s in sections], sort_keys=True).encode())
-    h.update(pool_latents.float().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def save_checkpoint(state: EraseState, unet: torch.nn.Module, out_dir: Path) -> None:
@@ -196,7 +188,7 @@ def main() -> None:
     require(pool["latents"].shape[0] > 0, str(POOL_FILE), "the image pool is empty; run the pool stage")
     pipe = load_pipeline(models.diffusion, device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
-    run_id = fingerprint(models, concept, e, m, v, cp, pool_latents=pool["latents"])
+    run_id = fingerprint(models, concept, e, m, v, cp, data=pool["latents"])
     state = erase(pipe, clip, pool["latents"].to(device), pool["images"].to(device), e, m, v, cp, OUT_DIR, run_id)
     write_json(
         {

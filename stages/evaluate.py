@@ -7,11 +7,15 @@
   other shapes; for real models (`evaluate.coco`) on COCO-2017 val captions, FID in the
   FID Inception network's features against the COCO images;
 - image grids: base row vs erased row, same seeds.
+
+The base model's side is measured once (`python -m stages.evaluate base`, stage
+evaluate_base) and reused for every erased model while its settings stay the same.
 """
 
 from __future__ import annotations
 
 import csv
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +30,7 @@ from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section, require
 from dm2.diffusion import Guide, encode_prompts, generate, load_pipeline
 from dm2.grid import image_grid
-from dm2.io import save_tensors, write_json
+from dm2.io import fingerprint, load_tensors, read_json, read_metadata, save_tensors, write_json
 from dm2.judge import Judge, judge_concept, load_judge
 from dm2.methods import apply_method, check_method, method_dir, method_label
 from dm2.metrics import KINDS, erasure_ratio_score, frechet_distance
@@ -38,6 +42,9 @@ PROMPTS_DIR = Path("data/prompts")
 METRICS = Path("metrics/eval.json")
 GRIDS = Path("plots/grids")
 IMAGES = Path("artifacts/eval/concept_images.safetensors")  # grid rows, for the report
+# The base model is measured once (stage evaluate_base), not again for every erased model.
+BASE_METRICS = Path("artifacts/eval_base/metrics.json")
+BASE_IMAGES = Path("artifacts/eval_base/grid_rows.safetensors")
 
 
 @dataclass
@@ -142,21 +149,57 @@ def measure(
     return metrics, concept_images[::step][: p.grid_images], other_images[: p.grid_images]
 
 
+def evaluate_base(
+    pipe: StableDiffusionPipeline, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The base model's metrics and grid rows; the erased models are compared against them."""
+    metrics, concept_row, other_row = measure(pipe, judge, clip, data, concept, p)
+    return metrics, {"concept": concept_row, "other": other_row}
+
+
 def evaluate(
-    pipe: StableDiffusionPipeline, erased_dir: Path, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams
+    pipe: StableDiffusionPipeline,
+    erased_dir: Path,
+    judge: Judge,
+    clip: ClipModel,
+    data: EvalSet,
+    concept: str,
+    p: EvaluateParams,
+    base: tuple[dict[str, float], dict[str, torch.Tensor]],
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Base first, then the same pipeline made into the erased model of the method folder
-    `erased_dir` (`dm2.methods.apply_method`)."""
+    """The pipeline made into the erased model of the method folder `erased_dir`
+    (`dm2.methods.apply_method`), measured beside `base` (`evaluate_base` on the same set)."""
     start = time.time()
-    base, base_concept, base_other = measure(pipe, judge, clip, data, concept, p)
+    base_metrics, base_rows = base
     guide = apply_method(pipe, erased_dir)
     erased, erased_concept, erased_other = measure(pipe, judge, clip, data, concept, p, guide)
-    metrics = {"base": base, "erased": erased, "seconds": round(time.time() - start, 1)}
-    grids = {"concept": torch.stack([base_concept, erased_concept]), "other": torch.stack([base_other, erased_other])}
+    metrics = {"base": base_metrics, "erased": erased, "seconds": round(time.time() - start, 1)}
+    grids = {"concept": torch.stack([base_rows["concept"], erased_concept]), "other": torch.stack([base_rows["other"], erased_other])}
     return metrics, grids
 
 
+def save_base(base: tuple[dict[str, float], dict[str, torch.Tensor]], seconds: float, key: str) -> None:
+    metrics, rows = base
+    save_tensors(rows, BASE_IMAGES, {"fingerprint": key})
+    write_json({"base": metrics, "seconds": round(seconds, 1), "fingerprint": key}, BASE_METRICS)
+
+
+def load_base(key: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The base model's results saved by `python -m stages.evaluate base` with the same settings."""
+    for path in (BASE_METRICS, BASE_IMAGES):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; run `dvc repro evaluate_base` first")
+    saved = read_json(BASE_METRICS)
+    fresh = saved.get("fingerprint") == key and read_metadata(BASE_IMAGES).get("fingerprint") == key
+    require(fresh, str(BASE_METRICS.parent), "made with other settings; run `dvc repro evaluate_base` first")
+    return saved["base"], load_tensors(BASE_IMAGES)
+
+
 def main() -> None:
+    """`python -m stages.evaluate base`: the base model, once (stage evaluate_base);
+    `python -m stages.evaluate`: the `method` param's erased model beside it."""
+    which = sys.argv[1] if len(sys.argv) > 1 else "erased"
+    require(which in ("base", "erased"), "stages.evaluate", f"unknown argument {which!r}; use `base` or none")
     params = load_params()
     world = parse_section(WorldParams, params["world"], "world")
     models = parse_section(ModelsParams, params["models"], "models")
@@ -164,12 +207,21 @@ def main() -> None:
     p = parse_section(EvaluateParams, params["evaluate"], "evaluate")
     method = params.get("method", "dm2")
     check_method(method)
+    key = fingerprint(concept.name, world, models, p)  # what the base results depend on
+    base = None if which == "base" else load_base(key)
     device = resolve_device(params.get("device", "auto"))
     judge = load_judge(models.judge, models.judge_path)
     data = load_eval_set(concept.name, world, p, judge, device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
     pipe = load_pipeline(models.diffusion, device)
-    metrics, grids = evaluate(pipe, method_dir(method), judge, clip, data, concept.name, p)
+    if base is None:
+        start = time.time()
+        base = evaluate_base(pipe, judge, clip, data, concept.name, p)
+        seconds = time.time() - start
+        save_base(base, seconds, key)
+        print({"base": base[0], "seconds": round(seconds, 1)})
+        return
+    metrics, grids = evaluate(pipe, method_dir(method), judge, clip, data, concept.name, p, base)
     write_json(metrics, METRICS)
     save_tensors({"base": grids["concept"][0], method: grids["concept"][1]}, IMAGES)
     GRIDS.mkdir(parents=True, exist_ok=True)

@@ -12,9 +12,9 @@ import stages.erase as erase_stage
 from dm2.config import ParamsError
 from dm2.dark_miner import CircumventParams, MineParams, VerifyParams
 from dm2.diffusion import encode_prompts
-from dm2.io import load_tensors, read_metadata
+from dm2.io import fingerprint, load_tensors, read_metadata
 from dm2.lora import LORA_FILE, adapters_disabled, load_lora_into
-from stages.erase import EraseParams, erase, fingerprint
+from stages.erase import EraseParams, erase
 from stages.pool import PoolParams, make_pool
 
 SCHEDULE = dict(lr_drop_epoch=2, lr_after_drop=0.001, grad_clip=10.0, optimizer="adam")
@@ -36,7 +36,7 @@ def pool(tiny_pipe):
 
 def run(pipe, clip, pool, out_dir, **kw):
     e, m, v, cp = settings(**kw)
-    run_id = fingerprint(e, m, v, cp, pool_latents=pool[0])
+    run_id = fingerprint(e, m, v, cp, data=pool[0])
     return erase(pipe, clip, pool[0], pool[1], e, m, v, cp, out_dir, run_id)
 
 

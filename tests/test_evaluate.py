@@ -3,11 +3,15 @@ LoRA really applied, metrics complete, grids laid out base row over erased row."
 
 from __future__ import annotations
 
+import pytest
 import torch
+
+import stages.evaluate as evaluate_stage
+from dm2.config import ParamsError
 
 from dm2.judge import WorldJudge
 from dm2.world import DEFAULT_SYNONYMS
-from stages.evaluate import EvalSet, EvaluateParams, evaluate
+from stages.evaluate import EvalSet, EvaluateParams, evaluate, evaluate_base
 from tests.test_erase import run
 
 SHAPES = list(DEFAULT_SYNONYMS)
@@ -32,9 +36,24 @@ def test_evaluate_measures_base_and_erased_side_by_side(tiny_pipe, tiny_clip, tm
         features=judge.features,
     )
     p = EvaluateParams(images_per_prompt=2, n_prompts=2, n_other=3, n_heldout=4, steps=2, guidance=2.0, seed=0, kind="object", grid_images=2)
-    metrics, grids = evaluate(tiny_pipe, tmp_path, judge, tiny_clip, data, "circle", p)
+    base = evaluate_base(tiny_pipe, judge, tiny_clip, data, "circle", p)
+    metrics, grids = evaluate(tiny_pipe, tmp_path, judge, tiny_clip, data, "circle", p, base)
     keys = {"ratio", "score", "ratio_name_prompts", "ratio_synonym_prompts", "other_shapes_accuracy", "clip_score", "fd"}
     assert set(metrics["base"]) == keys and set(metrics["erased"]) == keys
     assert all(0 <= metrics[m]["ratio"] <= 100 for m in ("base", "erased"))
     assert metrics["base"]["fd"] != metrics["erased"]["fd"]  # the LoRA changed the images
     assert grids["concept"].shape == (2, 2, 3, 32, 32) and grids["other"].shape == (2, 2, 3, 32, 32)
+    assert metrics["base"] == base[0] and torch.equal(grids["concept"][0], base[1]["concept"])
+
+
+def test_base_results_are_reused_only_with_the_same_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate_stage, "BASE_METRICS", tmp_path / "metrics.json")
+    monkeypatch.setattr(evaluate_stage, "BASE_IMAGES", tmp_path / "grid_rows.safetensors")
+    with pytest.raises(FileNotFoundError, match="metrics.json: not found; run `dvc repro evaluate_base`"):
+        evaluate_stage.load_base("k1")
+    rows = {"concept": torch.rand(2, 3, 32, 32), "other": torch.rand(2, 3, 32, 32)}
+    evaluate_stage.save_base(({"ratio": 90.0}, rows), 1.0, "k1")
+    metrics, loaded = evaluate_stage.load_base("k1")
+    assert metrics == {"ratio": 90.0} and torch.equal(loaded["other"], rows["other"])
+    with pytest.raises(ParamsError, match="made with other settings"):
+        evaluate_stage.load_base("k2")

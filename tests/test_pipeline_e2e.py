@@ -12,9 +12,10 @@ from dm2.clip import load_clip
 from dm2.config import load_params, parse_section
 from dm2.dark_miner import CircumventParams, MineParams, VerifyParams
 from dm2.diffusion import encode_prompts, generate, load_pipeline
+from dm2.io import fingerprint
 from dm2.lora import load_lora_into
 from dm2.models import ModelsParams
-from stages.erase import EraseParams, erase, fingerprint
+from stages.erase import EraseParams, erase
 from stages.pool import PoolParams, make_pool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +37,7 @@ def test_shipped_world_pool_erase_and_reload(params, tmp_path, monkeypatch):
     m = parse_section(MineParams, {**params["mine"], **small}, "mine")
     v = parse_section(VerifyParams, {**params["verify"], "tau": -1.0, "steps": 10}, "verify")
     cp = parse_section(CircumventParams, {**params["circumvent"], **small, "steps": 10}, "circumvent")
-    state = erase(pipe, clip, latents, images, e, m, v, cp, tmp_path, fingerprint(e, m, v, cp, pool_latents=latents))
+    state = erase(pipe, clip, latents, images, e, m, v, cp, tmp_path, fingerprint(e, m, v, cp, data=latents))
     assert state.stop == "max_loops" and len(state.verified) == 2
 
     fresh = load_pipeline(models.diffusion)
