@@ -53,11 +53,16 @@ class StepSchedule:
 class MineParams(StepSchedule):
     tokens: int = 32
     k: int = 3
+    # Bound on every mined token's L2 norm, in units of the largest token-embedding norm of
+    # the text encoder's vocabulary; None: unbounded.
+    norm_bound: float | None = None
 
     def validate(self, name: str) -> None:
         super().validate(name)
         require(self.tokens > 0, f"{name}.tokens", f"must be positive, got {self.tokens}")
         require(self.k > 0, f"{name}.k", f"must be positive, got {self.k}")
+        if self.norm_bound is not None:
+            require(self.norm_bound > 0, f"{name}.norm_bound", f"must be positive or null, got {self.norm_bound}")
 
 
 @dataclass
@@ -66,13 +71,14 @@ class VerifyParams:
     steps: int
     guidance: float
     seed: int
-    samples: int = 1  # (x_c, x_r) pairs, one seed each; the paper uses one
-
+    samples: int = 1  # images x_c from c, one seed each; the paper: 1
+    references: int = 1  # "a photo" images x_r whose mean CLIP feature is Enc(x_r); the paper: 1
 
     def validate(self, name: str) -> None:
         require(-1.0 <= self.tau <= 1.0, f"{name}.tau", f"must be in [-1, 1] (a cosine), got {self.tau}")
         require(self.steps > 0, f"{name}.steps", f"must be positive, got {self.steps}")
         require(self.samples > 0, f"{name}.samples", f"must be positive, got {self.samples}")
+        require(self.references > 0, f"{name}.references", f"must be positive, got {self.references}")
 
 
 @dataclass
@@ -127,15 +133,20 @@ def mine(
     p: MineParams,
     g: torch.Generator,
     what: str = "mine",
+    max_norm: float | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Optimise a free embedding (1 x L x width, from `init`) so the current model
-    denoises the k sampled pool images best: the text most likely to produce them."""
+    denoises the k sampled pool images best: the text most likely to produce them.
+    With `max_norm`, every token is projected back into that L2 ball after each step."""
     c = init.detach().clone().requires_grad_(True)
     opt = p.make_optimizer([c])
     losses = []
     for epoch in tqdm(range(p.epochs), desc=what, leave=False, mininterval=2):
         loss = mining_loss(unet, scheduler, pool_latents, c, encode, g)
         _step(opt, p, epoch, loss, [c], what)
+        if max_norm is not None:
+            with torch.no_grad():
+                c.mul_((max_norm / c.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0))
         losses.append(loss.item())
     return c.detach(), losses
 
@@ -143,12 +154,13 @@ def mine(
 def delta_cosine(f_c: torch.Tensor, f_r: torch.Tensor, f_e: torch.Tensor) -> float:
     """s(c) = mean over the k pool images of cos(Enc(x_c) - Enc(x_r), Enc(x_e) - Enc(x_r)).
 
-    f_c, f_r: (n, D) features of n mined / reference images made from the same n seeds
-    (the paper: n = 1), averaged over the n pairs; f_e: (k, D) features of the pool
-    images used for mining."""
-    f_c, f_r = f_c.reshape(-1, f_e.shape[1]), f_r.reshape(-1, f_e.shape[1])
-    d_c = (f_c - f_r)[:, None, :]  # n x 1 x D
-    d_e = f_e[None, :, :] - f_r[:, None, :]  # n x k x D
+    f_c: (n, D) features of n images made from c, the cosine averaged over them;
+    f_r: (m, D) features of m reference images ("a photo"), Enc(x_r) being their mean;
+    f_e: (k, D) features of the pool images used for mining. The paper: n = m = 1."""
+    d = f_e.shape[-1]
+    ref = f_r.reshape(-1, d).mean(0)
+    d_c = (f_c.reshape(-1, d) - ref)[:, None, :]  # n x 1 x D
+    d_e = (f_e - ref)[None, :, :]  # 1 x k x D
     return F.cosine_similarity(d_c, d_e, dim=-1).mean().item()
 
 

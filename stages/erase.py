@@ -40,10 +40,14 @@ class EraseParams:
     max_loops: int
     lora_rank: int = 8
     seed: int = 0
+    # CPU threads torch uses: float reductions (and so the whole loop's trajectory) depend
+    # on the count, so a fixed count gives the same LoRA on every machine.
+    cpu_threads: int = 1
 
     def validate(self, name: str) -> None:
         require(self.max_loops > 0, f"{name}.max_loops", f"must be positive, got {self.max_loops}")
         require(self.lora_rank > 0, f"{name}.lora_rank", f"must be positive, got {self.lora_rank}")
+        require(self.cpu_threads > 0, f"{name}.cpu_threads", f"must be positive, got {self.cpu_threads}")
 
 
 @dataclass
@@ -98,10 +102,11 @@ def export(state: EraseState, unet: torch.nn.Module, out_dir: Path) -> None:
 def verification_score(
     pipe: StableDiffusionPipeline, clip: ClipModel, cond: torch.Tensor, anchor: torch.Tensor, f_e: torch.Tensor, v: VerifyParams
 ) -> float:
-    """s(c) of the current model: x_c from `cond`, x_r from the anchor, `v.samples` seeds each."""
+    """s(c) of the current model: `v.samples` images x_c from `cond`, against the mean
+    feature of `v.references` images x_r from the anchor (both from seed `v.seed` on)."""
     with frozen(pipe.unet):
         x_c = generate(pipe, cond.expand(v.samples, -1, -1), v.seed, v.steps, v.guidance)
-        x_r = generate(pipe, anchor.expand(v.samples, -1, -1), v.seed, v.steps, v.guidance)
+        x_r = generate(pipe, anchor.expand(v.references, -1, -1), v.seed, v.steps, v.guidance)
     return delta_cosine(clip.encode_images(x_c), clip.encode_images(x_r), f_e)
 
 
@@ -129,6 +134,9 @@ def erase(
     # c starts as the anchor's own token embeddings (after BOS), so it first means "a photo"
     init = prompt_token_embeddings(pipe, cp.anchor)[:, 1 : 1 + m.tokens]
 
+    vocab_norm = pipe.text_encoder.get_input_embeddings().weight.norm(dim=-1).max().item()
+    max_norm = None if m.norm_bound is None else m.norm_bound * vocab_norm
+
     def encode(c: torch.Tensor) -> torch.Tensor:
         return free_embedding_states(pipe, c)
     f_pool = clip.encode_images(pool_images)
@@ -140,7 +148,7 @@ def erase(
         g = torch.Generator().manual_seed(e.seed * 1_000_003 + i)
         picked = torch.randperm(len(pool_latents), generator=g)[: m.k]
         with frozen(unet):
-            c, mine_losses = mine(unet, scheduler, pool_latents[picked], init, encode, m, g, f"loop {i} mine")
+            c, mine_losses = mine(unet, scheduler, pool_latents[picked], init, encode, m, g, f"loop {i} mine", max_norm)
         s = verification_score(pipe, clip, encode(c), anchor, f_pool[picked], v)
         row = {"loop": i, "s": s, "mine_loss": mine_losses[-1], "circumvented": s > v.tau, "replayed": None, "l_c": None, "l_p": None, "s_after": None}
         state.embeddings.append(c)
@@ -184,6 +192,7 @@ def main() -> None:
     v = parse_section(VerifyParams, params["verify"], "verify")
     cp = parse_section(CircumventParams, params["circumvent"], "circumvent")
     device = resolve_device(params.get("device", "auto"))
+    torch.set_num_threads(e.cpu_threads)
     pool = load_tensors(POOL_FILE)
     require(pool["latents"].shape[0] > 0, str(POOL_FILE), "the image pool is empty; run the pool stage")
     pipe = load_pipeline(models.diffusion, device)

@@ -46,6 +46,19 @@ def test_mining_lowers_the_mining_loss(tiny_pipe):
     assert all(not q.requires_grad for q in unet.parameters())
 
 
+def test_mining_keeps_tokens_within_the_norm_bound(tiny_pipe):
+    unet, sched = tiny_pipe.unet, tiny_pipe.scheduler
+    pool = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    init = torch.zeros(1, 4, TINY_WIDTH)
+    p = MineParams(epochs=40, lr=0.2, tokens=4, k=3, **SCHEDULE)
+    encode = lambda c: free_embedding_states(tiny_pipe, c)  # noqa: E731
+    free, _ = mine(unet, sched, pool, init, encode, p, torch.Generator().manual_seed(1))
+    bound = 0.5 * free.norm(dim=-1).max().item()
+    bounded, _ = mine(unet, sched, pool, init, encode, p, torch.Generator().manual_seed(1), max_norm=bound)
+    assert bounded.norm(dim=-1).max().item() <= bound * (1 + 1e-5)
+    assert not torch.equal(bounded, init)
+
+
 def test_delta_cosine_matches_hand_computed_value():
     f_r = torch.tensor([1.0, 1.0, 0.0])
     f_c = torch.tensor([2.0, 1.0, 0.0])  # delta (1, 0, 0)
@@ -54,6 +67,11 @@ def test_delta_cosine_matches_hand_computed_value():
     assert delta_cosine(f_c, f_r, f_e) == pytest.approx(0.0, abs=1e-6)
     assert delta_cosine(f_c, f_r, f_e[:2]) == pytest.approx(0.5, abs=1e-6)
     assert delta_cosine(f_c.unsqueeze(0), f_r.unsqueeze(0), f_e[:1]) == pytest.approx(1.0, abs=1e-6)
+    # several reference images: Enc(x_r) is their mean, here (1, 1, 0) again
+    refs = torch.tensor([[2.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    assert delta_cosine(f_c, refs, f_e[:2]) == pytest.approx(0.5, abs=1e-6)
+    # several x_c: the cosine is averaged over them; deltas (1, 0, 0) and (0, 1, 0) against (2, 0, 0)
+    assert delta_cosine(torch.tensor([[2.0, 1.0, 0.0], [1.0, 2.0, 0.0]]), refs, f_e[:1]) == pytest.approx(0.5, abs=1e-6)
 
 
 def test_disabled_adapters_reproduce_the_base_unet_exactly():

@@ -72,6 +72,7 @@ def test_sd14_preset_has_the_paper_settings():
     assert (m.tokens, m.k, m.epochs, m.lr, m.lr_drop_epoch, m.lr_after_drop, m.grad_clip) == (32, 3, 1000, 0.1, 500, 0.01, 10.0)
     assert (cp.epochs, cp.lr, cp.lr_drop_epoch, cp.lr_after_drop, cp.grad_clip, cp.optimizer) == (1000, 0.01, 800, 0.001, 100.0, "sgd")
     assert (cp.r, cp.alpha_c, cp.alpha_p, cp.anchor, v.tau) == (0.7, 1.0, 0.5, "a photo", 0.2)
+    assert (m.norm_bound, v.samples, v.references) == (None, 1, 1)  # the paper: unbounded c, one x_c, one x_r
     assert params["models"]["diffusion"] == "CompVis/stable-diffusion-v1-4"
 
 
@@ -93,6 +94,14 @@ def test_wrong_types_and_unknown_keys_are_named():
         parse_section(ConceptParams, {"name": " "}, "concept")
     with pytest.raises(ParamsError, match="device"):
         resolve_device("tpu")
+    verify = {"tau": 0.2, "steps": 5, "guidance": 5.0, "seed": 0}
+    with pytest.raises(ParamsError, match=r"verify\.references: must be positive, got 0"):
+        parse_section(VerifyParams, {**verify, "references": 0}, "verify")
+    mine = {"epochs": 5, "lr": 0.1, "lr_drop_epoch": 2, "lr_after_drop": 0.01, "grad_clip": 10.0, "optimizer": "sgd"}
+    with pytest.raises(ParamsError, match=r"mine\.norm_bound: must be positive or null, got -1\.0"):
+        parse_section(MineParams, {**mine, "norm_bound": -1.0}, "mine")
+    with pytest.raises(ParamsError, match=r"mine\.norm_bound: expected a number, got str"):
+        parse_section(MineParams, {**mine, "norm_bound": "vocab"}, "mine")
 
 
 def test_missing_params_file_is_named(tmp_path):
