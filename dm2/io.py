@@ -24,12 +24,29 @@ def _atomic_target(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def _sort_metadata(path: str) -> None:
+    """Rewrite the file's header with its metadata keys sorted. safetensors writes them in
+    hash-map order, which changes from process to process, so equal contents would not
+    give equal bytes (nor equal DVC hashes)."""
+    with open(path, "rb") as f:
+        blob = f.read()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the format pads the header to 8 bytes
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + blob[8 + n :])
+
+
 def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
     fd, tmp = _atomic_target(path)
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        if metadata and len(metadata) > 1:
+            _sort_metadata(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

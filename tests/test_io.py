@@ -1,0 +1,21 @@
+"""Safetensors I/O: equal contents give equal bytes, whatever order the metadata came in."""
+
+from __future__ import annotations
+
+import torch
+
+from dm2.io import load_tensors, read_metadata, save_tensors
+
+
+def test_metadata_order_does_not_change_the_bytes(tmp_path):
+    tensors = {"b": torch.arange(6.0).reshape(2, 3), "a": torch.ones(3, dtype=torch.float16)}
+    meta = {f"s_{i:03d}": f"{i / 7:.6f}" for i in range(12)}
+    blobs = set()
+    for r in range(6):  # safetensors' own key order differs between writes
+        order = sorted(meta) if r % 2 else sorted(meta, reverse=True)
+        save_tensors(tensors, tmp_path / f"{r}.safetensors", {k: meta[k] for k in order})
+        blobs.add((tmp_path / f"{r}.safetensors").read_bytes())
+    assert len(blobs) == 1
+    loaded = load_tensors(tmp_path / "0.safetensors")
+    assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    assert read_metadata(tmp_path / "0.safetensors") == meta
