@@ -89,9 +89,11 @@ class CircumventParams(StepSchedule):
     anchor: str = "a photo"
     steps: int = 25
     guidance: float = 7.5
+    images: int = 1  # images x generated from the chosen c (one seed each); the paper: 1
 
     def validate(self, name: str) -> None:
         super().validate(name)
+        require(self.images > 0, f"{name}.images", f"must be positive, got {self.images}")
         require(0.0 <= self.r <= 1.0, f"{name}.r", f"must be in [0, 1] (a probability), got {self.r}")
         require(self.alpha_c >= 0 and self.alpha_p >= 0, f"{name}.alpha_c/alpha_p", "must be non-negative")
         require(bool(self.anchor.strip()), f"{name}.anchor", "must be a non-empty prompt")
@@ -175,12 +177,13 @@ def circumvent_losses(
     model's prediction for c to the original model's for the anchor c0; l_p keeps the
     adapted model equal to the original on c0, 0*c and -c."""
     x_t, _, t = _noised(scheduler, x0, g)
-    x4, t4 = x_t.repeat(4, 1, 1, 1), t.repeat(4)
+    b = x0.shape[0]  # the images x, each seen under all four conditions
+    x4, t4, s4 = x_t.repeat(4, 1, 1, 1), t.repeat(4), states.repeat_interleave(b, 0)
     with torch.no_grad(), adapters_disabled(unet):
-        orig = unet(x4, t4, encoder_hidden_states=states).sample
-    new = unet(x4, t4, encoder_hidden_states=states).sample
-    l_c = F.mse_loss(new[0:1], orig[3:4])
-    l_p = F.mse_loss(new[3:4], orig[3:4]) + F.mse_loss(new[1:2], orig[1:2]) + F.mse_loss(new[2:3], orig[2:3])
+        orig = unet(x4, t4, encoder_hidden_states=s4).sample.split(b)
+    new = unet(x4, t4, encoder_hidden_states=s4).sample.split(b)
+    l_c = F.mse_loss(new[0], orig[3])
+    l_p = F.mse_loss(new[3], orig[3]) + F.mse_loss(new[1], orig[1]) + F.mse_loss(new[2], orig[2])
     return l_c, l_p
 
 

@@ -154,7 +154,7 @@ def erase(
         state.embeddings.append(c)
         if s > v.tau:
             with adapters_disabled(unet), frozen(unet):
-                state.originals[i] = generate_latents(pipe, encode(c), e.seed * 1_000_003 + i, cp.steps, cp.guidance)
+                state.originals[i] = generate_latents(pipe, encode(c).expand(cp.images, -1, -1), e.seed * 1_000_003 + i, cp.steps, cp.guidance)
             earlier = state.verified
             j = i if not earlier or torch.rand(1, generator=g).item() < cp.r else earlier[torch.randint(len(earlier), (1,), generator=g).item()]
             states = circumvent_states(state.embeddings[j], anchor, encode)

@@ -61,6 +61,14 @@ def test_erase_runs_to_max_loops_and_writes_outputs(tiny_pipe, tiny_clip, pool, 
     assert all(-1.0 <= r["s_after"] <= 1.0 and r["s_after"] != r["s"] for r in log["loops"])
 
 
+def test_circumventing_uses_every_image_x(tiny_pipe, tiny_clip, pool, tmp_path):
+    e, m, v, cp = settings(max_loops=1)
+    cp.images = 2
+    erase(tiny_pipe, tiny_clip, pool[0], pool[1], e, m, v, cp, tmp_path, "two-images")
+    x = load_tensors(tmp_path / "checkpoint.safetensors")["x_000"]
+    assert x.shape == (2, 4, 8, 8) and not torch.equal(x[0], x[1])  # two seeds, made once, kept for replay
+
+
 def test_erase_stops_by_verification(tiny_pipe, tiny_clip, pool, tmp_path):
     state = run(tiny_pipe, tiny_clip, pool, tmp_path, tau=1.0)  # no cosine exceeds 1
     assert state.stop == "verification" and len(state.log) == 1 and not state.log[0]["circumvented"]
