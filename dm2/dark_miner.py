@@ -21,6 +21,8 @@ from dm2.config import require
 from dm2.lora import adapters_disabled
 
 OPTIMIZERS = ("sgd", "adam")
+REPLAYS = ("loop", "epoch")
+MINE_INITS = ("anchor", "concept")
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # free embeddings (N x L x w) -> UNet states
 
 
@@ -56,9 +58,13 @@ class MineParams(StepSchedule):
     # Bound on every mined token's L2 norm, in units of the largest token-embedding norm of
     # the text encoder's vocabulary; None: unbounded.
     norm_bound: float | None = None
+    # What c starts from every loop: the token embeddings of the anchor prompt or of the
+    # concept prompt (the pool's, "a {concept} photo"); the paper does not say.
+    init: str = "anchor"
 
     def validate(self, name: str) -> None:
         super().validate(name)
+        require(self.init in MINE_INITS, f"{name}.init", f"{self.init!r} is not one of {list(MINE_INITS)}")
         require(self.tokens > 0, f"{name}.tokens", f"must be positive, got {self.tokens}")
         require(self.k > 0, f"{name}.k", f"must be positive, got {self.k}")
         if self.norm_bound is not None:
@@ -90,10 +96,14 @@ class CircumventParams(StepSchedule):
     steps: int = 25
     guidance: float = 7.5
     images: int = 1  # images x generated from the chosen c (one seed each); the paper: 1
+    # When r is drawn: "loop" (the paper) picks one embedding for the whole circumventing
+    # step; "epoch" draws again every epoch, so earlier embeddings stay erased.
+    replay: str = "loop"
 
     def validate(self, name: str) -> None:
         super().validate(name)
         require(self.images > 0, f"{name}.images", f"must be positive, got {self.images}")
+        require(self.replay in REPLAYS, f"{name}.replay", f"{self.replay!r} is not one of {list(REPLAYS)}")
         require(0.0 <= self.r <= 1.0, f"{name}.r", f"must be in [0, 1] (a probability), got {self.r}")
         require(self.alpha_c >= 0 and self.alpha_p >= 0, f"{name}.alpha_c/alpha_p", "must be non-negative")
         require(bool(self.anchor.strip()), f"{name}.anchor", "must be a non-empty prompt")
@@ -194,22 +204,30 @@ def circumvent_states(c: torch.Tensor, anchor_states: torch.Tensor, encode: Enco
         return torch.cat([encode(torch.cat([c, 0 * c, -c])), anchor_states])
 
 
+def pick_target(n: int, r: float, g: torch.Generator) -> int:
+    """Index 0 (this loop's embedding) with probability r, else one of 1..n-1 uniformly."""
+    if n == 1 or torch.rand(1, generator=g).item() < r:
+        return 0
+    return 1 + int(torch.randint(n - 1, (1,), generator=g).item())
+
+
 def circumvent(
     unet: UNet2DConditionModel,
     scheduler: DDIMScheduler,
     lora_params: list[torch.nn.Parameter],
-    x0: torch.Tensor,
-    states: torch.Tensor,
+    targets: list[tuple[torch.Tensor, torch.Tensor]],
     p: CircumventParams,
     g: torch.Generator,
     what: str = "circumvent",
 ) -> tuple[list[float], list[float]]:
-    """Train the adapters on L_C = alpha_c l_c + alpha_p l_p for one embedding (`states`
-    from `circumvent_states`); `x0` is the latent the original model generated from `c`
-    (made once by the caller, reused here)."""
+    """Train the adapters on L_C = alpha_c l_c + alpha_p l_p. `targets` holds, per embedding,
+    the latents x the original model generated from it (made once by the caller) and its
+    states from `circumvent_states`; with several, every epoch trains on one of them,
+    picked by `pick_target` (the first is this loop's)."""
     opt = p.make_optimizer(lora_params)
     l_cs, l_ps = [], []
     for epoch in tqdm(range(p.epochs), desc=what, leave=False, mininterval=2):
+        x0, states = targets[pick_target(len(targets), p.r, g)]
         l_c, l_p = circumvent_losses(unet, scheduler, x0, states, g)
         _step(opt, p, epoch, p.alpha_c * l_c + p.alpha_p * l_p, lora_params, what)
         l_cs.append(l_c.item())

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from dm2.clip import ClipModel, load_clip
 from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section, require
-from dm2.dark_miner import CircumventParams, MineParams, VerifyParams, circumvent, circumvent_states, delta_cosine, mine
+from dm2.dark_miner import CircumventParams, MineParams, VerifyParams, circumvent, circumvent_states, delta_cosine, mine, pick_target
 from dm2.diffusion import encode_prompts, free_embedding_states, generate, generate_latents, load_pipeline, prompt_token_embeddings
 from dm2.io import fingerprint, load_tensors, read_metadata, save_tensors, write_json
 from dm2.lora import add_lora, adapters_disabled, frozen, lora_state, restore_lora, save_lora
@@ -121,8 +121,10 @@ def erase(
     cp: CircumventParams,
     out_dir: Path,
     run_id: str,
+    concept_prompt: str | None = None,
 ) -> EraseState:
-    """Run (or resume) the DM2 loops; returns the final state. The LoRA stays in `pipe.unet`."""
+    """Run (or resume) the DM2 loops; returns the final state. The LoRA stays in `pipe.unet`.
+    `concept_prompt` (the pool's prompt) is where mining starts when `m.init` is "concept"."""
     require(len(pool_latents) >= m.k, "pool.size", f"the pool has {len(pool_latents)} images, mining needs k = {m.k}")
     unet, scheduler = pipe.unet, pipe.scheduler
     torch.manual_seed(e.seed)  # peft draws the initial LoRA A factors from the global RNG
@@ -131,8 +133,10 @@ def erase(
     if state.log:
         print(f"erase: resuming after loop {len(state.log)} ({state.stop or 'running'})")
     anchor = encode_prompts(pipe, [cp.anchor])  # c0's states
-    # c starts as the anchor's own token embeddings (after BOS), so it first means "a photo"
-    init = prompt_token_embeddings(pipe, cp.anchor)[:, 1 : 1 + m.tokens]
+    # c starts as a prompt's own token embeddings (after BOS), so it first means that prompt
+    if m.init == "concept":
+        require(bool(concept_prompt), "mine.init", "is 'concept' but no concept prompt was given")
+    init = prompt_token_embeddings(pipe, concept_prompt if m.init == "concept" else cp.anchor)[:, 1 : 1 + m.tokens]
 
     vocab_norm = pipe.text_encoder.get_input_embeddings().weight.norm(dim=-1).max().item()
     max_norm = None if m.norm_bound is None else m.norm_bound * vocab_norm
@@ -155,11 +159,13 @@ def erase(
         if s > v.tau:
             with adapters_disabled(unet), frozen(unet):
                 state.originals[i] = generate_latents(pipe, encode(c).expand(cp.images, -1, -1), e.seed * 1_000_003 + i, cp.steps, cp.guidance)
-            earlier = state.verified
-            j = i if not earlier or torch.rand(1, generator=g).item() < cp.r else earlier[torch.randint(len(earlier), (1,), generator=g).item()]
-            states = circumvent_states(state.embeddings[j], anchor, encode)
-            l_c, l_p = circumvent(unet, scheduler, lora_params, state.originals[j], states, cp, g, f"loop {i} circumvent")
-            row.update(replayed=j, l_c=sum(l_c[-10:]) / len(l_c[-10:]), l_p=sum(l_p[-10:]) / len(l_p[-10:]))
+            # This loop's c first, then the earlier verified ones, for pick_target
+            order = [i] + state.verified
+            if cp.replay == "loop":
+                order = [order[pick_target(len(order), cp.r, g)]]
+            targets = [(state.originals[j], circumvent_states(state.embeddings[j], anchor, encode)) for j in order]
+            l_c, l_p = circumvent(unet, scheduler, lora_params, targets, cp, g, f"loop {i} circumvent")
+            row.update(replayed=order, l_c=sum(l_c[-10:]) / len(l_c[-10:]), l_p=sum(l_p[-10:]) / len(l_p[-10:]))
             # The same c verified again on the circumvented model (paper Fig. S1, before / after)
             row["s_after"] = verification_score(pipe, clip, encode(c), anchor, f_pool[picked], v)
         row["seconds"] = round(time.time() - start, 2)
@@ -173,7 +179,7 @@ def erase(
         bar.update(1)
         summary = f"loop {i}: s(c)={s:.3f} (tau {v.tau})"
         summary += (
-            f", circumvented c_{row['replayed']}, l_c={row['l_c']:.4f}, l_p={row['l_p']:.4f}, s(c) after={row['s_after']:.3f}"
+            f", circumvented c_{'/'.join(map(str, row['replayed']))}, l_c={row['l_c']:.4f}, l_p={row['l_p']:.4f}, s(c) after={row['s_after']:.3f}"
             if row["circumvented"]
             else ", stop"
         )
@@ -198,7 +204,7 @@ def main() -> None:
     pipe = load_pipeline(models.diffusion, device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
     run_id = fingerprint(models, concept, e, m, v, cp, data=pool["latents"])
-    state = erase(pipe, clip, pool["latents"].to(device), pool["images"].to(device), e, m, v, cp, OUT_DIR, run_id)
+    state = erase(pipe, clip, pool["latents"].to(device), pool["images"].to(device), e, m, v, cp, OUT_DIR, run_id, concept.prompt)
     write_json(
         {
             "loops": len(state.log),

@@ -16,6 +16,7 @@ from dm2.dark_miner import (
     delta_cosine,
     mine,
     mining_loss,
+    pick_target,
 )
 from dm2.diffusion import encode_prompts, free_embedding_states, prompt_token_embeddings
 from dm2.lora import adapters_disabled, add_lora, frozen
@@ -115,11 +116,44 @@ def test_circumventing_lowers_l_c_while_l_p_stays_small():
             return mean_loss(lambda gg: circumvent_losses(unet, sched, x0, states, gg)[i])
 
     lc_before, lp_before = losses(0), losses(1)
-    circumvent(unet, sched, params, x0, states, CircumventParams(epochs=80, lr=0.01, **SCHEDULE), g)
+    circumvent(unet, sched, params, [(x0, states)], CircumventParams(epochs=80, lr=0.01, **SCHEDULE), g)
     lc_after, lp_after = losses(0), losses(1)
     assert lp_before == 0.0  # the adapters start as the identity
     assert lc_after < 0.7 * lc_before
     assert lp_after < 0.25 * lc_before
+
+
+def test_pick_target_draws_this_loop_with_probability_r():
+    g = torch.Generator().manual_seed(0)
+    assert {pick_target(1, 0.0, g) for _ in range(20)} == {0}  # nothing earlier to replay
+    picks = torch.tensor([pick_target(4, 0.7, g) for _ in range(4000)])
+    assert abs((picks == 0).float().mean().item() - 0.7) < 0.03
+    earlier = torch.bincount(picks[picks > 0], minlength=4)[1:].float()
+    assert earlier.min() > 0.8 * earlier.mean()  # the earlier ones uniformly
+
+
+def test_epoch_replay_circumvents_every_target():
+    """With two targets and r = 0.5, both embeddings' l_c fall; with only the first, the
+    second's stays where it was."""
+    g = torch.Generator().manual_seed(3)
+    x0s = [torch.randn(1, 4, 8, 8, generator=g) for _ in range(2)]
+    c0 = torch.randn(1, 6, TINY_WIDTH, generator=g)
+    states = [circumvent_states(3 * torch.randn(1, 6, TINY_WIDTH, generator=g), c0, lambda e: e) for _ in range(2)]
+    p = CircumventParams(epochs=80, lr=0.01, r=0.5, **SCHEDULE)
+    after = {}
+    for n in (1, 2):
+        unet = tiny_unet()
+        torch.manual_seed(0)
+        params = add_lora(unet, rank=4)
+
+        def l_c(k: int) -> float:
+            with torch.no_grad():
+                return mean_loss(lambda gg: circumvent_losses(unet, world_scheduler(), x0s[k], states[k], gg)[0])
+
+        before = l_c(1)
+        circumvent(unet, world_scheduler(), params, list(zip(x0s, states))[:n], p, torch.Generator().manual_seed(1))
+        after[n] = l_c(1) / before
+    assert after[2] < 0.7 and after[2] < after[1] - 0.1
 
 
 def test_free_embeddings_of_a_prompt_give_its_states(tiny_pipe):
@@ -149,6 +183,7 @@ def test_frozen_restores_gradient_flags():
         (MineParams, "mine", {"epochs": 5, "lr": 0.1, "tokenz": 3, **SCHEDULE}, "tokenz"),
         (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, "r": 1.2, **SCHEDULE}, "circumvent.r"),
         (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, **{**SCHEDULE, "optimizer": "lbfgs"}}, "circumvent.optimizer"),
+        (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, "replay": "step", **SCHEDULE}, "circumvent.replay"),
     ],
 )
 def test_bad_params_name_the_culprit(cls, section, data, culprit):
