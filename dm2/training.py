@@ -26,6 +26,7 @@ class WorldParams:
     colours: list[str] = field(default_factory=list)
     backgrounds: list[str] = field(default_factory=list)
     textures: list[str] = field(default_factory=list)
+    empty_fraction: float = 0.0  # share of background-only images captioned "a photo" etc.
 
     def validate(self, name: str) -> None:
         require(self.train_images > 0, f"{name}.train_images", "must be positive")
@@ -41,6 +42,7 @@ class WorldParams:
             colours=tuple(self.colours),
             backgrounds=tuple(self.backgrounds),
             textures=tuple(self.textures),
+            empty_fraction=self.empty_fraction,
         )
 
 

@@ -3,6 +3,9 @@
 Every image shows one shape with a colour, a texture and a background. Captions come
 from a small grammar and name the shape by any of its synonyms, so a concept can be
 reached by words other than its name (as I2P prompts reach nudity without the word).
+A fraction of the images (`empty_fraction`) shows the background alone, captioned with
+generic words ("a photo", "an empty black background"): that gives the world what SD has
+and erasure relies on, generic prompts that draw no concept (DM2's anchor "a photo").
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ DEFAULT_SYNONYMS: dict[str, tuple[str, ...]] = {
     "star": ("star", "pentagram", "sparkle"),
     "cross": ("cross", "plus", "cruciform"),
 }
+EMPTY = "none"  # shape, colour and texture label of a background-only image
+EMPTY_TEMPLATES: tuple[str, ...] = (
+    "a photo",
+    "a picture",
+    "a drawing",
+    "a photo of a {background} background",
+    "an empty {background} background",
+    "a {background} background",
+)
 TEMPLATES: tuple[str, ...] = (
     "a photo of a {colour} {shape}",
     "a {colour} {shape}",
@@ -60,8 +72,11 @@ class WorldSpec:
     colours: tuple[str, ...] = tuple(COLOURS)
     backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
     textures: tuple[str, ...] = TEXTURES
+    empty_fraction: float = 0.0  # share of background-only images
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.empty_fraction < 1.0:
+            raise ValueError(f"world.empty_fraction: must be in [0, 1), got {self.empty_fraction}")
         for shape, words in self.synonyms.items():
             if shape not in SHAPE_DRAWERS:
                 raise ValueError(f"world.synonyms: unknown shape {shape!r}; allowed: {sorted(SHAPE_DRAWERS)}")
@@ -82,6 +97,11 @@ class WorldSpec:
     def shapes(self) -> tuple[str, ...]:
         return tuple(self.synonyms)
 
+    @property
+    def shape_classes(self) -> tuple[str, ...]:
+        """What a judge of this world tells apart: the shapes, and EMPTY if the world has it."""
+        return self.shapes + ((EMPTY,) if self.empty_fraction > 0 else ())
+
     @classmethod
     def from_params(cls, params: dict) -> "WorldSpec":
         return cls(
@@ -89,6 +109,7 @@ class WorldSpec:
             colours=tuple(params["colours"]),
             backgrounds=tuple(params["backgrounds"]),
             textures=tuple(params["textures"]),
+            empty_fraction=float(params.get("empty_fraction", 0.0)),
         )
 
 
@@ -142,14 +163,16 @@ SHAPE_DRAWERS = {
 
 
 def render(shape: str, colour: str, background: str, texture: str, rng: random.Random, size: int = 32) -> np.ndarray:
-    """One image as uint8 HxWx3; position, size and rotation drawn from `rng`."""
+    """One image as uint8 HxWx3; position, size and rotation drawn from `rng`; shape EMPTY
+    leaves the background alone."""
     big = size * SUPERSAMPLE
     r = rng.uniform(0.24, 0.34) * big
     cx = big / 2 + rng.uniform(-0.12, 0.12) * big
     cy = big / 2 + rng.uniform(-0.12, 0.12) * big
     angle = rng.uniform(-0.25, 0.25)
     mask_img = Image.new("L", (big, big), 0)
-    SHAPE_DRAWERS[shape](ImageDraw.Draw(mask_img), cx, cy, r, angle)
+    if shape != EMPTY:
+        SHAPE_DRAWERS[shape](ImageDraw.Draw(mask_img), cx, cy, r, angle)
     mask = np.asarray(mask_img, dtype=np.float32)[..., None] / 255.0
 
     fill = np.broadcast_to(np.array(COLOURS[colour], np.float32), (big, big, 3)).copy()
@@ -185,6 +208,13 @@ def sample_world(spec: WorldSpec, n: int, seed: int, size: int = 32) -> tuple[np
     images = np.empty((n, size, size, 3), np.uint8)
     samples = []
     for i in range(n):
+        # No draw at all when the world has no empty images, so such worlds stay as they were
+        if spec.empty_fraction > 0 and rng.random() < spec.empty_fraction:
+            background = rng.choice(spec.backgrounds)
+            images[i] = render(EMPTY, spec.colours[0], background, "plain", rng, size)
+            text = rng.choice(EMPTY_TEMPLATES).format(background=background)
+            samples.append(Sample(EMPTY, EMPTY, background, EMPTY, text))
+            continue
         shape = rng.choice(spec.shapes)
         colour = rng.choice(spec.colours)
         background = rng.choice(spec.backgrounds)

@@ -37,6 +37,7 @@ from dm2.metrics import KINDS, erasure_ratio_score, frechet_distance
 from dm2.models import ModelsParams, resolve_device
 from dm2.prompts import read_prompts
 from dm2.training import WorldParams, world_split
+from dm2.world import EMPTY
 
 PROMPTS_DIR = Path("data/prompts")
 METRICS = Path("metrics/eval.json")
@@ -105,7 +106,7 @@ def load_eval_set(concept: str, world: WorldParams, p: EvaluateParams, judge: Ju
     # Preservation is measured where the concept is absent (as COCO is for nudity): held-out
     # captions of the other shapes, against their rendered images.
     images, samples = world_split(world, "heldout")
-    keep = [i for i, s in enumerate(samples) if s.shape != concept][: p.n_heldout]
+    keep = [i for i, s in enumerate(samples) if s.shape not in (concept, EMPTY)][: p.n_heldout]
     captions = [samples[i].caption for i in keep]
     return EvalSet(prompts, uses_name, others, other_shapes, captions, judge.features(images[keep]), judge.features)
 

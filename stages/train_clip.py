@@ -44,7 +44,9 @@ def heldout_zero_shot(clip: ClipModel, world: WorldParams) -> dict[str, float]:
     every synonym standing in for its shape (concepts are also reached by synonyms)."""
     images, samples = world_split(world, "heldout")
     spec = world.spec()
-    labels = torch.tensor([spec.shapes.index(s.shape) for s in samples])
+    keep = [i for i, s in enumerate(samples) if s.shape in spec.shapes]  # empty images have no shape to name
+    images = images[keep]
+    labels = torch.tensor([spec.shapes.index(samples[i].shape) for i in keep])
     pred = zero_shot(clip, images, [f"a photo of a {shape}" for shape in spec.shapes])
     n_words = max(len(words) for words in spec.synonyms.values())
     synonym_acc = []

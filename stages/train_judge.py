@@ -18,6 +18,7 @@ from dm2.training import TrainParams, WorldParams, train_loop, world_split
 from dm2.world import Sample
 
 OUT = Path("artifacts/world/judge.safetensors")
+IGNORE = -100  # F.cross_entropy's ignore_index
 METRICS = Path("metrics/train_judge.json")
 
 
@@ -32,8 +33,10 @@ class JudgeTrainParams(TrainParams):
 
 
 def labels_of(judge: WorldJudge, samples: list[Sample]) -> dict[str, torch.Tensor]:
+    """Class index per head; IGNORE where the head has no class for it (the colour and
+    texture of an empty image)."""
     return {
-        head: torch.tensor([names.index(getattr(s, head)) for s in samples])
+        head: torch.tensor([names.index(getattr(s, head)) if getattr(s, head) in names else IGNORE for s in samples])
         for head, names in judge.classes.items()
     }
 
@@ -41,7 +44,9 @@ def labels_of(judge: WorldJudge, samples: list[Sample]) -> dict[str, torch.Tenso
 def judge_loss(judge: WorldJudge, images: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed cross-entropy of the shape, colour and texture heads."""
     _, logits = judge(images)
-    return sum(F.cross_entropy(logits[head], labels[head]) for head in logits)
+    # Summed per sample over the heads that have a label, so a batch of empty images only
+    # trains the shape head.
+    return sum(F.cross_entropy(logits[head], labels[head], ignore_index=IGNORE, reduction="sum") for head in logits) / len(images)
 
 
 def heldout_accuracy(judge: WorldJudge, world: WorldParams, p: JudgeTrainParams) -> dict[str, float]:
@@ -54,7 +59,8 @@ def heldout_accuracy(judge: WorldJudge, world: WorldParams, p: JudgeTrainParams)
     for prefix, x in (("heldout", images), ("heldout_augmented", augment(images, p.augment, g))):
         probs = judge.probs(x)
         for head, y in labels.items():
-            metrics[f"{prefix}_{head}_accuracy"] = (probs[head].argmax(-1) == y).float().mean().item()
+            known = y != IGNORE
+            metrics[f"{prefix}_{head}_accuracy"] = (probs[head][known].argmax(-1) == y[known]).float().mean().item()
     return metrics
 
 
@@ -63,7 +69,7 @@ def train_world_judge(world: WorldParams, p: JudgeTrainParams) -> tuple[WorldJud
     torch.manual_seed(world.seed)
     images, samples = world_split(world, "train")
     spec = world.spec()
-    judge = WorldJudge(list(spec.shapes), list(spec.colours), list(spec.textures), width=p.width).train()
+    judge = WorldJudge(list(spec.shape_classes), list(spec.colours), list(spec.textures), width=p.width).train()
     labels = labels_of(judge, samples)
     g = torch.Generator().manual_seed(world.seed + 4)
 

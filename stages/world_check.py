@@ -1,7 +1,8 @@
 """Stage world_check: is the shipped world good enough for erasure to be measurable?
 
-Measures the judge and the CLIP model on held-out rendered images, and how often the
-diffusion model draws the shape a prompt asks for, by shape and by synonym."""
+Measures the judge and the CLIP model on held-out rendered images, how often the
+diffusion model draws the shape a prompt asks for, by shape and by synonym, and what it
+draws for the generic prompt "a photo" (DM2's anchor: it should show no shape)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from dm2.training import WorldParams, world_split
 
 METRICS = Path("metrics/world.json")
 WEIGHTS = Path("artifacts/world")
+ANCHOR = "a photo"
 
 
 @dataclass
@@ -58,20 +60,24 @@ def check_world(world: WorldParams, models: ModelsParams, p: WorldCheckParams, d
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
     pipe = load_pipeline(models.diffusion, device)
     shapes = list(world.synonyms)
+    classes = list(judge.classes["shape"])
 
     images, samples = world_split(world, "heldout")
-    truth = torch.tensor([shapes.index(s.shape) for s in samples])
-    judge_acc = (judge.probs(images)["shape"].argmax(-1) == truth).float().mean().item()
-    clip_pred = zero_shot(clip, images, [f"a photo of a {s}" for s in shapes])
-    clip_acc = (clip_pred == truth).float().mean().item()
+    judge_acc = (judge.probs(images)["shape"].argmax(-1) == torch.tensor([classes.index(s.shape) for s in samples])).float().mean().item()
+    drawn = [i for i, s in enumerate(samples) if s.shape in shapes]  # CLIP is asked to name shapes only
+    clip_pred = zero_shot(clip, images[drawn], [f"a photo of a {s}" for s in shapes])
+    clip_acc = (clip_pred == torch.tensor([shapes.index(samples[i].shape) for i in drawn])).float().mean().item()
 
     start = time.time()
     prompts = [row for row in shape_prompts(world) for _ in range(p.images_per_prompt)]
     cond = encode_prompts(pipe, [row[0] for row in prompts])
     generated = generate(pipe, cond, p.seed, p.steps, p.guidance)
-    asked = torch.tensor([shapes.index(row[1]) for row in prompts])
+    asked = torch.tensor([classes.index(row[1]) for row in prompts])
     correct = (judge.probs(generated)["shape"].argmax(-1) == asked).float()
     by_word = accuracy_by([row[2] for row in prompts], correct)
+    n_anchor = p.images_per_prompt * len(shapes) * 2
+    anchor = generate(pipe, encode_prompts(pipe, [ANCHOR] * n_anchor), p.seed, p.steps, p.guidance)
+    anchor_shapes = [classes[i] for i in judge.probs(anchor)["shape"].argmax(-1).tolist()]
     return {
         "judge_shape_accuracy": judge_acc,
         "clip_zero_shot_shape_accuracy": clip_acc,
@@ -81,6 +87,8 @@ def check_world(world: WorldParams, models: ModelsParams, p: WorldCheckParams, d
         "generated_accuracy_by_shape": accuracy_by([row[1] for row in prompts], correct),
         "generated_accuracy_by_word": by_word,
         "worst_word_accuracy": min(by_word.values()),
+        # what the anchor draws, judged: on SD it would show no concept
+        "anchor_judged_as": {c: anchor_shapes.count(c) / n_anchor for c in classes},
         "generation_seconds": round(time.time() - start, 1),
         "shipped_weights_mb": round(sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file()) / 2**20, 2),
     }

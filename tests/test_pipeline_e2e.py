@@ -37,7 +37,7 @@ def test_shipped_world_pool_erase_and_reload(params, tmp_path, monkeypatch):
     m = parse_section(MineParams, {**params["mine"], **small}, "mine")
     v = parse_section(VerifyParams, {**params["verify"], "tau": -1.0, "steps": 10}, "verify")
     cp = parse_section(CircumventParams, {**params["circumvent"], **small, "steps": 10}, "circumvent")
-    state = erase(pipe, clip, latents, images, e, m, v, cp, tmp_path, fingerprint(e, m, v, cp, data=latents))
+    state = erase(pipe, clip, latents, images, e, m, v, cp, tmp_path, fingerprint(e, m, v, cp, data=latents), "a circle photo")
     assert state.stop == "max_loops" and len(state.verified) == 2
 
     fresh = load_pipeline(models.diffusion)
