@@ -9,7 +9,7 @@ them reaches the prompts that name the concept in other words.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -99,9 +99,15 @@ class CircumventParams(StepSchedule):
     # When r is drawn: "loop" (the paper) picks one embedding for the whole circumventing
     # step; "epoch" draws again every epoch, so earlier embeddings stay erased.
     replay: str = "loop"
+    # Prompts whose predictions l_p also keeps, each on `preserve_images` images the original
+    # model made from it; the paper keeps only c0, 0*c and -c, on the concept images x.
+    preserve: list[str] = field(default_factory=list)
+    preserve_images: int = 2
 
     def validate(self, name: str) -> None:
         super().validate(name)
+        require(self.preserve_images > 0, f"{name}.preserve_images", f"must be positive, got {self.preserve_images}")
+        require(all(isinstance(q, str) and q.strip() for q in self.preserve), f"{name}.preserve", "must be a list of non-empty prompts")
         require(self.images > 0, f"{name}.images", f"must be positive, got {self.images}")
         require(self.replay in REPLAYS, f"{name}.replay", f"{self.replay!r} is not one of {list(REPLAYS)}")
         require(0.0 <= self.r <= 1.0, f"{name}.r", f"must be in [0, 1] (a probability), got {self.r}")
@@ -182,10 +188,12 @@ def circumvent_losses(
     x0: torch.Tensor,
     states: torch.Tensor,
     g: torch.Generator,
+    keep: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`states`: UNet conditions for [c, 0*c, -c, c0] (4 x T x width). l_c pulls the adapted
     model's prediction for c to the original model's for the anchor c0; l_p keeps the
-    adapted model equal to the original on c0, 0*c and -c."""
+    adapted model equal to the original on c0, 0*c and -c, and, with `keep` (latents of
+    preserved prompts, their states), on those prompts' own images."""
     x_t, _, t = _noised(scheduler, x0, g)
     b = x0.shape[0]  # the images x, each seen under all four conditions
     x4, t4, s4 = x_t.repeat(4, 1, 1, 1), t.repeat(4), states.repeat_interleave(b, 0)
@@ -194,6 +202,11 @@ def circumvent_losses(
     new = unet(x4, t4, encoder_hidden_states=s4).sample.split(b)
     l_c = F.mse_loss(new[0], orig[3])
     l_p = F.mse_loss(new[3], orig[3]) + F.mse_loss(new[1], orig[1]) + F.mse_loss(new[2], orig[2])
+    if keep is not None:
+        k_t, _, k_step = _noised(scheduler, keep[0], g)
+        with torch.no_grad(), adapters_disabled(unet):
+            k_orig = unet(k_t, k_step, encoder_hidden_states=keep[1]).sample
+        l_p = l_p + F.mse_loss(unet(k_t, k_step, encoder_hidden_states=keep[1]).sample, k_orig)
     return l_c, l_p
 
 
@@ -219,16 +232,17 @@ def circumvent(
     p: CircumventParams,
     g: torch.Generator,
     what: str = "circumvent",
+    keep: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Train the adapters on L_C = alpha_c l_c + alpha_p l_p. `targets` holds, per embedding,
     the latents x the original model generated from it (made once by the caller) and its
     states from `circumvent_states`; with several, every epoch trains on one of them,
-    picked by `pick_target` (the first is this loop's)."""
+    picked by `pick_target` (the first is this loop's). `keep`: see `circumvent_losses`."""
     opt = p.make_optimizer(lora_params)
     l_cs, l_ps = [], []
     for epoch in tqdm(range(p.epochs), desc=what, leave=False, mininterval=2):
         x0, states = targets[pick_target(len(targets), p.r, g)]
-        l_c, l_p = circumvent_losses(unet, scheduler, x0, states, g)
+        l_c, l_p = circumvent_losses(unet, scheduler, x0, states, g, keep)
         _step(opt, p, epoch, p.alpha_c * l_c + p.alpha_p * l_p, lora_params, what)
         l_cs.append(l_c.item())
         l_ps.append(l_p.item())

@@ -144,6 +144,12 @@ def erase(
     def encode(c: torch.Tensor) -> torch.Tensor:
         return free_embedding_states(pipe, c)
     f_pool = clip.encode_images(pool_images)
+    keep = None
+    if cp.preserve:
+        # Made once by the original model, from a seed of their own: the same on resume
+        keep_states = encode_prompts(pipe, [q for q in cp.preserve for _ in range(cp.preserve_images)])
+        with adapters_disabled(unet), frozen(unet):
+            keep = (generate_latents(pipe, keep_states, e.seed * 1_000_003 - 1, cp.steps, cp.guidance), keep_states)
 
     bar = tqdm(total=e.max_loops, initial=len(state.log), desc="loops")
     while not state.stop:
@@ -164,7 +170,7 @@ def erase(
             if cp.replay == "loop":
                 order = [order[pick_target(len(order), cp.r, g)]]
             targets = [(state.originals[j], circumvent_states(state.embeddings[j], anchor, encode)) for j in order]
-            l_c, l_p = circumvent(unet, scheduler, lora_params, targets, cp, g, f"loop {i} circumvent")
+            l_c, l_p = circumvent(unet, scheduler, lora_params, targets, cp, g, f"loop {i} circumvent", keep)
             row.update(replayed=order, l_c=sum(l_c[-10:]) / len(l_c[-10:]), l_p=sum(l_p[-10:]) / len(l_p[-10:]))
             # The same c verified again on the circumvented model (paper Fig. S1, before / after)
             row["s_after"] = verification_score(pipe, clip, encode(c), anchor, f_pool[picked], v)

@@ -156,6 +156,27 @@ def test_epoch_replay_circumvents_every_target():
     assert after[2] < 0.7 and after[2] < after[1] - 0.1
 
 
+def test_preserved_prompts_keep_their_predictions():
+    """With `keep`, the drift of the adapted model from the original on the kept prompt's
+    images is a part of l_p and stays smaller than when it is left out."""
+    g = torch.Generator().manual_seed(5)
+    x0 = torch.randn(1, 4, 8, 8, generator=g)
+    states = circumvent_states(3 * torch.randn(1, 6, TINY_WIDTH, generator=g), torch.randn(1, 6, TINY_WIDTH, generator=g), lambda e: e)
+    keep = (torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, TINY_WIDTH, generator=g))
+    drift = {}
+    for kept in (None, keep):
+        unet = tiny_unet()
+        torch.manual_seed(0)
+        params = add_lora(unet, rank=4)
+        circumvent(unet, world_scheduler(), params, [(x0, states)], CircumventParams(epochs=80, lr=0.01, **SCHEDULE), torch.Generator().manual_seed(1), keep=kept)
+        with torch.no_grad():
+            with_keep = mean_loss(lambda gg: circumvent_losses(unet, world_scheduler(), x0, states, gg, keep)[1])
+            without = mean_loss(lambda gg: circumvent_losses(unet, world_scheduler(), x0, states, gg)[1])
+        drift[kept is None] = with_keep - without  # the kept prompts' share of l_p
+    assert drift[True] > 0 and drift[False] > 0
+    assert drift[False] < 0.6 * drift[True]  # about halved
+
+
 def test_free_embeddings_of_a_prompt_give_its_states(tiny_pipe):
     """c initialised from the anchor's token embeddings conditions exactly like the anchor."""
     tokens = prompt_token_embeddings(tiny_pipe, "a photo")[:, 1:5]
@@ -184,6 +205,9 @@ def test_frozen_restores_gradient_flags():
         (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, "r": 1.2, **SCHEDULE}, "circumvent.r"),
         (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, **{**SCHEDULE, "optimizer": "lbfgs"}}, "circumvent.optimizer"),
         (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, "replay": "step", **SCHEDULE}, "circumvent.replay"),
+        (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, "preserve": "a square", **SCHEDULE}, "circumvent.preserve"),
+        (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, "preserve": [""], **SCHEDULE}, "circumvent.preserve"),
+        (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, "preserve_images": 0, **SCHEDULE}, "circumvent.preserve_images"),
     ],
 )
 def test_bad_params_name_the_culprit(cls, section, data, culprit):
