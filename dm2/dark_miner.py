@@ -61,9 +61,13 @@ class MineParams(StepSchedule):
     # What c starts from every loop: the token embeddings of the anchor prompt or of the
     # concept prompt (the pool's, "a {concept} photo"); the paper does not say.
     init: str = "anchor"
+    # Embeddings mined per loop, each from its own k pool images; the loop verifies them all
+    # and goes on with the highest s(c). The paper: 1.
+    candidates: int = 1
 
     def validate(self, name: str) -> None:
         super().validate(name)
+        require(self.candidates > 0, f"{name}.candidates", f"must be positive, got {self.candidates}")
         require(self.init in MINE_INITS, f"{name}.init", f"{self.init!r} is not one of {list(MINE_INITS)}")
         require(self.tokens > 0, f"{name}.tokens", f"must be positive, got {self.tokens}")
         require(self.k > 0, f"{name}.k", f"must be positive, got {self.k}")

@@ -156,11 +156,16 @@ def erase(
         i = len(state.log)
         start = time.time()
         g = torch.Generator().manual_seed(e.seed * 1_000_003 + i)
-        picked = torch.randperm(len(pool_latents), generator=g)[: m.k]
-        with frozen(unet):
-            c, mine_losses = mine(unet, scheduler, pool_latents[picked], init, encode, m, g, f"loop {i} mine", max_norm)
-        s = verification_score(pipe, clip, encode(c), anchor, f_pool[picked], v)
+        mined = []  # (s, c, mining losses, pool images) per candidate
+        for j in range(m.candidates):
+            picked = torch.randperm(len(pool_latents), generator=g)[: m.k]
+            with frozen(unet):
+                c, mine_losses = mine(unet, scheduler, pool_latents[picked], init, encode, m, g, f"loop {i} mine {j}", max_norm)
+            mined.append((verification_score(pipe, clip, encode(c), anchor, f_pool[picked], v), c, mine_losses, picked))
+        s, c, mine_losses, picked = max(mined, key=lambda candidate: candidate[0])
         row = {"loop": i, "s": s, "mine_loss": mine_losses[-1], "circumvented": s > v.tau, "replayed": None, "l_c": None, "l_p": None, "s_after": None}
+        if m.candidates > 1:
+            row["s_candidates"] = [candidate[0] for candidate in mined]
         state.embeddings.append(c)
         if s > v.tau:
             with adapters_disabled(unet), frozen(unet):

@@ -3,6 +3,7 @@ through diffusers, and resuming a killed run."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -67,6 +68,22 @@ def test_circumventing_uses_every_image_x(tiny_pipe, tiny_clip, pool, tmp_path):
     erase(tiny_pipe, tiny_clip, pool[0], pool[1], e, m, v, cp, tmp_path, "two-images")
     x = load_tensors(tmp_path / "checkpoint.safetensors")["x_000"]
     assert x.shape == (2, 4, 8, 8) and not torch.equal(x[0], x[1])  # two seeds, made once, kept for replay
+
+
+def test_several_candidates_go_on_with_the_best(tiny_pipe, tiny_clip, pool, tmp_path):
+    """With mine.candidates 3 every loop verifies three embeddings, keeps the highest s(c),
+    and the first candidate is the embedding a one-candidate run mines."""
+    e, m, v, cp = settings(max_loops=1)
+    fresh = copy.deepcopy(tiny_pipe)  # erase adds the adapters to the pipe it is given
+    one = erase(tiny_pipe, tiny_clip, pool[0], pool[1], e, m, v, cp, tmp_path / "one", "one")
+    m.candidates = 3
+    three = erase(fresh, tiny_clip, pool[0], pool[1], e, m, v, cp, tmp_path / "three", "three")
+    scores = three.log[0]["s_candidates"]
+    assert len(scores) == 3 and len(set(scores)) == 3
+    assert three.log[0]["s"] == max(scores)
+    assert scores[0] == pytest.approx(one.log[0]["s"], abs=1e-6)
+    best = scores.index(max(scores))
+    assert torch.equal(three.embeddings[0], one.embeddings[0]) == (best == 0)
 
 
 def test_erase_stops_by_verification(tiny_pipe, tiny_clip, pool, tmp_path):
