@@ -82,13 +82,17 @@ class VerifyParams:
     guidance: float
     seed: int
     samples: int = 1  # images x_c from c, one seed each; the paper: 1
-    references: int = 1  # "a photo" images x_r whose mean CLIP feature is Enc(x_r); the paper: 1
+    references: int = 1  # images x_r whose mean CLIP feature is Enc(x_r); the paper: 1
+    # The prompt x_r is generated from: a generic image, so that Enc(x_c) - Enc(x_r) keeps what
+    # c adds to it. The paper: "a photo" (its anchor c0 too); "" draws unconditional images.
+    reference_prompt: str = "a photo"
 
     def validate(self, name: str) -> None:
         require(-1.0 <= self.tau <= 1.0, f"{name}.tau", f"must be in [-1, 1] (a cosine), got {self.tau}")
         require(self.steps > 0, f"{name}.steps", f"must be positive, got {self.steps}")
         require(self.samples > 0, f"{name}.samples", f"must be positive, got {self.samples}")
         require(self.references > 0, f"{name}.references", f"must be positive, got {self.references}")
+        require(isinstance(self.reference_prompt, str), f"{name}.reference_prompt", f"must be a prompt (a string), got {self.reference_prompt!r}")
 
 
 @dataclass

@@ -100,13 +100,13 @@ def export(state: EraseState, unet: torch.nn.Module, out_dir: Path) -> None:
 
 
 def verification_score(
-    pipe: StableDiffusionPipeline, clip: ClipModel, cond: torch.Tensor, anchor: torch.Tensor, f_e: torch.Tensor, v: VerifyParams
+    pipe: StableDiffusionPipeline, clip: ClipModel, cond: torch.Tensor, reference: torch.Tensor, f_e: torch.Tensor, v: VerifyParams
 ) -> float:
     """s(c) of the current model: `v.samples` images x_c from `cond`, against the mean
-    feature of `v.references` images x_r from the anchor (both from seed `v.seed` on)."""
+    feature of `v.references` images x_r from the `reference` states (both from seed `v.seed` on)."""
     with frozen(pipe.unet):
         x_c = generate(pipe, cond.expand(v.samples, -1, -1), v.seed, v.steps, v.guidance)
-        x_r = generate(pipe, anchor.expand(v.references, -1, -1), v.seed, v.steps, v.guidance)
+        x_r = generate(pipe, reference.expand(v.references, -1, -1), v.seed, v.steps, v.guidance)
     return delta_cosine(clip.encode_images(x_c), clip.encode_images(x_r), f_e)
 
 
@@ -133,6 +133,7 @@ def erase(
     if state.log:
         print(f"erase: resuming after loop {len(state.log)} ({state.stop or 'running'})")
     anchor = encode_prompts(pipe, [cp.anchor])  # c0's states
+    reference = encode_prompts(pipe, [v.reference_prompt])  # x_r's
     # c starts as a prompt's own token embeddings (after BOS), so it first means that prompt
     if m.init == "concept":
         require(bool(concept_prompt), "mine.init", "is 'concept' but no concept prompt was given")
@@ -161,7 +162,7 @@ def erase(
             picked = torch.randperm(len(pool_latents), generator=g)[: m.k]
             with frozen(unet):
                 c, mine_losses = mine(unet, scheduler, pool_latents[picked], init, encode, m, g, f"loop {i} mine {j}", max_norm)
-            mined.append((verification_score(pipe, clip, encode(c), anchor, f_pool[picked], v), c, mine_losses, picked))
+            mined.append((verification_score(pipe, clip, encode(c), reference, f_pool[picked], v), c, mine_losses, picked))
         s, c, mine_losses, picked = max(mined, key=lambda candidate: candidate[0])
         row = {"loop": i, "s": s, "mine_loss": mine_losses[-1], "circumvented": s > v.tau, "replayed": None, "l_c": None, "l_p": None, "s_after": None}
         if m.candidates > 1:
@@ -178,7 +179,7 @@ def erase(
             l_c, l_p = circumvent(unet, scheduler, lora_params, targets, cp, g, f"loop {i} circumvent", keep)
             row.update(replayed=order, l_c=sum(l_c[-10:]) / len(l_c[-10:]), l_p=sum(l_p[-10:]) / len(l_p[-10:]))
             # The same c verified again on the circumvented model (paper Fig. S1, before / after)
-            row["s_after"] = verification_score(pipe, clip, encode(c), anchor, f_pool[picked], v)
+            row["s_after"] = verification_score(pipe, clip, encode(c), reference, f_pool[picked], v)
         row["seconds"] = round(time.time() - start, 2)
         state.log.append(row)
         if s <= v.tau:

@@ -148,3 +148,12 @@ def test_pool_smaller_than_k_is_refused(tiny_pipe, tiny_clip, pool, tmp_path):
     m.k = 10
     with pytest.raises(ParamsError, match="pool.size"):
         erase(tiny_pipe, tiny_clip, pool[0], pool[1], e, m, v, cp, tmp_path, "x")
+
+
+def test_verification_measures_against_the_reference_prompt(tiny_pipe, tiny_clip, pool):
+    v = VerifyParams(tau=0.2, steps=2, guidance=2.0, seed=0)
+    f_e = tiny_clip.encode_images(pool[1][:2])
+    photo, circle = encode_prompts(tiny_pipe, ["a photo"]), encode_prompts(tiny_pipe, ["a circle photo"])
+    # x_c and x_r from the same states and seed are one image: Enc(x_c) - Enc(x_r) = 0
+    assert erase_stage.verification_score(tiny_pipe, tiny_clip, circle, circle, f_e, v) == 0.0
+    assert erase_stage.verification_score(tiny_pipe, tiny_clip, circle, photo, f_e, v) != 0.0

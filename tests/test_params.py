@@ -71,7 +71,7 @@ def test_sd14_preset_has_the_paper_settings():
     v = parse_section(VerifyParams, params["verify"], "verify")
     assert (m.tokens, m.k, m.epochs, m.lr, m.lr_drop_epoch, m.lr_after_drop, m.grad_clip) == (32, 3, 1000, 0.1, 500, 0.01, 10.0)
     assert (cp.epochs, cp.lr, cp.lr_drop_epoch, cp.lr_after_drop, cp.grad_clip, cp.optimizer) == (1000, 0.01, 800, 0.001, 100.0, "sgd")
-    assert (cp.r, cp.alpha_c, cp.alpha_p, cp.anchor, v.tau) == (0.7, 1.0, 0.5, "a photo", 0.2)
+    assert (cp.r, cp.alpha_c, cp.alpha_p, cp.anchor, v.reference_prompt, v.tau) == (0.7, 1.0, 0.5, "a photo", "a photo", 0.2)
     assert (m.norm_bound, v.samples, v.references, cp.images) == (None, 1, 1, 1)  # the paper: unbounded c, one x_c, one x_r, one x
     assert (cp.replay, cp.preserve) == ("loop", [])  # one pick of r per step; l_p keeps c0, 0*c, -c only
     assert params["models"]["diffusion"] == "CompVis/stable-diffusion-v1-4"
