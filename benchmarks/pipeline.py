@@ -1,7 +1,7 @@
 """Benchmark: wall time of every concept stage of the pipeline (all that follows the
 shipped world), each run alone with `dvc repro --force --single-item`, in the pipeline's
 order. Prints seconds per stage and the sums the issues set budgets on:
-`pool` + `erase`, `evaluate`, `attack`, and the whole comparison.
+`pool` + `erase`, `evaluate_base` + `evaluate`, `attack_base` + `attack`, and the whole comparison.
 
     python benchmarks/pipeline.py              # every concept stage (about 45 min on 2 cores)
     python benchmarks/pipeline.py pool erase   # some of them
@@ -25,7 +25,10 @@ BASELINES = ["esd_x", "esd_u", "uce", "learnable_prompts", "sld"]
 
 def concept_stages() -> list[str]:
     methods = yaml.safe_load((ROOT / "params.yaml").read_text())["compare"]["methods"]
-    return ["pool", "erase", *(f"baseline@{m}" for m in BASELINES), "evaluate", "attack", *(f"compare@{m}" for m in methods), "report"]
+    return [
+        "pool", "erase", *(f"baseline@{m}" for m in BASELINES), "evaluate_base", "evaluate", "attack_base", "attack",
+        *(f"compare@{m}" for m in methods), "report",
+    ]  # fmt: skip
 
 
 def run_stage(stage: str) -> float:
@@ -47,8 +50,8 @@ def main() -> None:
         print(f"{stage:28s} {seconds[stage]:7.1f} s", flush=True)
     groups = {
         "pool + erase": ["pool", "erase"],
-        "evaluate": ["evaluate"],
-        "attack": ["attack"],
+        "evaluate (base once, then the erased model)": ["evaluate_base", "evaluate"],
+        "attack (base once, then the erased model)": ["attack_base", "attack"],
         "comparison (all of the above)": list(seconds),
     }
     for name, members in groups.items():

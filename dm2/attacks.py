@@ -15,6 +15,11 @@ with the text-encoder states to generate from (one image per prompt):
 its adapters disabled, or the UNet itself when it has none (`original_model`). P4D and
 UnlearnDiff optimise discrete tokens as PEZ does: continuous embeddings projected to the
 nearest vocabulary embedding in the forward pass, gradients applied to the continuous copy.
+
+Every attack runs at a list of budgets (`budgets`: optimisation steps, iterations or
+generations, increasing): one run to the largest, with what it had found at each smaller
+budget kept on the way, so the sweep costs one run. `restart` picks another start (seeds and
+initial tokens) for the same attack: restart 0 is the attack's own start.
 """
 
 from __future__ import annotations
@@ -58,22 +63,40 @@ def _positive(obj: object, name: str, *keys: str) -> None:
         require(value > 0, f"{name}.{key}", f"must be positive, got {value}")
 
 
+def check_budgets(budgets: list[int], key: str) -> None:
+    """A budget sweep: a non-empty, strictly increasing list of positive step counts."""
+    require(bool(budgets), key, "must list at least one budget")
+    require(all(b > 0 for b in budgets), key, f"every budget must be positive, got {budgets}")
+    require(all(a < b for a, b in zip(budgets, budgets[1:])), key, f"must be strictly increasing, got {budgets}")
+
+
+def restart_seed(seed: int, restart: int) -> int:
+    """The seed of one restart of an attack: restart 0 keeps the attack's own seed."""
+    return seed + 7919 * restart
+
+
+RESTART_SWAP = 0.5  # restarts > 0 of P4D start from the prompt with this share of its free tokens randomised
+
+
 @dataclass
 class CCEParams:
     images: int  # top-scoring original-model images inverted; paper: 1000
     candidates: int  # normal-prompt images (one per prompt) ranked by the judge to pick them
-    iterations: int  # textual inversion steps; original TI: 3000-5000 (uncertain for CCE)
+    budgets: list[int]  # textual inversion steps swept; original TI: 3000-5000 (uncertain for CCE)
     batch_size: int
     lr: float  # original TI: 0.005 (x batch size; uncertain for CCE)
-    init_word: str  # one token the new token starts from
-    train_templates: list[str]  # "{token}" marks the new token
+    init_words: list[str]  # one-token words new tokens start from: token j of restart k from word (k + j) mod n
+    train_templates: list[str]  # "{token}" marks the new token(s)
     prompt_templates: list[str]  # attack prompts, cycled to n_prompts
     token: str = "<cce>"
+    tokens: int = 1  # new tokens learned together (1 to 8): the concept may need more than one
 
     def validate(self, name: str) -> None:
-        _positive(self, name, "images", "candidates", "iterations", "batch_size", "lr")
+        _positive(self, name, "images", "candidates", "batch_size", "lr")
+        check_budgets(self.budgets, f"{name}.budgets")
+        require(1 <= self.tokens <= 8, f"{name}.tokens", f"must be in [1, 8], got {self.tokens}")
         require(self.candidates >= self.images, f"{name}.candidates", f"must be >= images ({self.images}), got {self.candidates}")
-        require(bool(self.init_word.strip()), f"{name}.init_word", "must not be empty")
+        require(bool(self.init_words) and all(w.strip() for w in self.init_words), f"{name}.init_words", "must list non-empty words")
         for key in ("train_templates", "prompt_templates"):
             templates = getattr(self, key)
             require(bool(templates), f"{name}.{key}", "must not be empty")
@@ -84,25 +107,29 @@ class CCEParams:
 @dataclass
 class P4DParams:
     tokens: int  # learnable tokens: the normal prompt's first `tokens`; paper: P4D-N 16 (uncertain)
-    iterations: int  # paper: 3000 (uncertain)
+    budgets: list[int]  # iterations swept; paper: 3000 (uncertain)
     lr: float  # paper: 0.1, AdamW (uncertain)
     weight_decay: float = 0.1  # paper: 0.1 (uncertain)
 
     def validate(self, name: str) -> None:
-        _positive(self, name, "tokens", "iterations", "lr")
+        _positive(self, name, "tokens", "lr")
+        check_budgets(self.budgets, f"{name}.budgets")
         require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be non-negative, got {self.weight_decay}")
 
 
 @dataclass
 class UnlearnDiffParams:
     prefix_tokens: int  # paper: 5
-    iterations: int  # paper: 40
+    budgets: list[int]  # iterations swept; paper: 40
     lr: float  # paper: 0.01, AdamW
     weight_decay: float = 0.1  # paper: 0.1 (uncertain)
-    prefix_init: str = ""  # one word repeated as the starting prefix; "" = random tokens (original: random, uncertain)
+    # One word repeated as restart 0's starting prefix; "" = random tokens (original: random,
+    # uncertain). Restarts > 0 always start from random tokens.
+    prefix_init: str = ""
 
     def validate(self, name: str) -> None:
-        _positive(self, name, "prefix_tokens", "iterations", "lr")
+        _positive(self, name, "prefix_tokens", "lr")
+        check_budgets(self.budgets, f"{name}.budgets")
         require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be non-negative, got {self.weight_decay}")
 
 
@@ -111,7 +138,7 @@ class RingABellParams:
     tokens: int  # K; paper: 16 for nudity (uncertain)
     eta: float  # concept-vector strength; paper: 3 for nudity (uncertain)
     population: int  # paper: 200 (uncertain)
-    generations: int  # paper: 3000 (uncertain)
+    budgets: list[int]  # generations swept; paper: 3000 (uncertain)
     mutation_rate: float  # per token; paper: 0.25 (uncertain)
     crossover_rate: float  # paper: 0.5 (uncertain)
     # Words of the concept in the prompts (name and synonyms) and what they are replaced with
@@ -122,7 +149,8 @@ class RingABellParams:
     init_from_prompt: bool = True  # paper: random initial population
 
     def validate(self, name: str) -> None:
-        _positive(self, name, "tokens", "population", "generations", "elite")
+        _positive(self, name, "tokens", "population", "elite")
+        check_budgets(self.budgets, f"{name}.budgets")
         require(self.elite < self.population, f"{name}.elite", f"must be below population ({self.population}), got {self.elite}")
         for key in ("mutation_rate", "crossover_rate"):
             require(0.0 <= getattr(self, key) <= 1.0, f"{name}.{key}", f"must be in [0, 1], got {getattr(self, key)}")
@@ -218,36 +246,43 @@ def optimise_tokens(
     ids: torch.Tensor,
     free: torch.Tensor,
     loss_fn: Callable[[torch.Tensor], torch.Tensor],
-    iterations: int,
+    budgets: list[int],
     lr: float,
     weight_decay: float,
     allowed: torch.Tensor,
     what: str,
-) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+) -> tuple[list[torch.Tensor], torch.Tensor, list[float]]:
     """Optimise the tokens of `ids` (N x L) at the `free` positions; `loss_fn(states)`
     returns one loss per sequence. The loss is taken at the projected (discrete) tokens and
-    its gradient applied to their continuous copies. Returns (final discrete ids, final
-    continuous embeddings at the free positions (M x width), mean loss per iteration)."""
+    its gradient applied to their continuous copies. Runs `budgets[-1]` iterations and
+    returns (the discrete ids after each budget's iterations, final continuous embeddings at
+    the free positions (M x width), mean loss per iteration)."""
     table = text_encoder.get_input_embeddings().weight.detach()
     ids, free = ids.to(table.device), free.to(table.device)
     soft = table[ids[free]].clone().requires_grad_(True)
     opt = torch.optim.AdamW([soft], lr=lr, weight_decay=weight_decay)
     fixed = table[ids]
-    losses = []
-    for _ in tqdm(range(iterations), desc=what, leave=False, mininterval=2):
+    losses, snapshots = [], []
+
+    def discrete() -> torch.Tensor:
+        out = ids.clone()
+        out[free] = project_to_vocabulary(soft.detach(), table, allowed)
+        return out
+
+    for step in tqdm(range(budgets[-1]), desc=what, leave=False, mininterval=2):
         hard = project_to_vocabulary(soft.detach(), table, allowed)
         embeds = fixed.clone()
         embeds[free] = soft + (table[hard] - soft).detach()  # straight-through: value of hard, gradient to soft
         loss = loss_fn(encode_token_embeddings(text_encoder, embeds))
         if not torch.isfinite(loss).all():
-            raise FloatingPointError(f"{what}: loss is not finite")
+            raise FloatingPointError(f"{what}: loss is not finite at iteration {step}")
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()  # sequences are independent: each soft token gets its own sequence's gradient
         opt.step()
         losses.append(loss.mean().item())
-    final = ids.clone()
-    final[free] = project_to_vocabulary(soft.detach(), table, allowed)
-    return final, soft.detach(), losses
+        if step + 1 in budgets:
+            snapshots.append(discrete())
+    return snapshots, soft.detach(), losses
 
 
 def p4d_loss(
@@ -281,36 +316,43 @@ def _discrete_attack(
     ids: torch.Tensor,
     free: torch.Tensor,
     make_loss: Callable[[slice, torch.Generator], Callable[[torch.Tensor], torch.Tensor]],
-    iterations: int,
+    budgets: list[int],
     lr: float,
     weight_decay: float,
     seed: int,
     batch_size: int,
     allowed: torch.Tensor,
     what: str,
-) -> AttackResult:
-    finals, softs, curves = [], [], []
+) -> list[AttackResult]:
+    """`optimise_tokens` over chunks of prompts; one result per budget."""
+    snapshots: list[list[torch.Tensor]] = [[] for _ in budgets]
+    softs, curves = [], []
     with frozen(pipe.unet), frozen(pipe.text_encoder):
         for k, part in enumerate(_chunks(len(prompts), batch_size)):
             g = torch.Generator().manual_seed(seed * 1_000_003 + k)
-            final, soft, losses = optimise_tokens(
-                pipe.text_encoder, ids[part], free[part], make_loss(part, g), iterations, lr, weight_decay, allowed, f"{what} {k}"
+            found, soft, losses = optimise_tokens(
+                pipe.text_encoder, ids[part], free[part], make_loss(part, g), budgets, lr, weight_decay, allowed, f"{what} {k}"
             )
-            finals.append(final.cpu())
+            for per_budget, ids_at in zip(snapshots, found):
+                per_budget.append(ids_at.cpu())
             softs.append(soft.cpu())
             curves.append(losses)
-    final = torch.cat(finals)
-    soft_full = pipe.text_encoder.get_input_embeddings().weight.detach().cpu()[final].clone()
-    soft_full[free] = torch.cat(softs)
     sizes = [s.stop - s.start for s in _chunks(len(prompts), batch_size)]
-    mean_curve = [sum(c[i] * n for c, n in zip(curves, sizes)) / len(prompts) for i in range(iterations)]
-    return AttackResult(
-        prompts=_decode(pipe.tokenizer, final),
-        cond=_states(pipe.text_encoder, final),
-        columns={"token_ids": _id_strings(pipe.tokenizer, final), "source_prompt": list(prompts)},
-        tensors={"ids": final, "free": free, "soft_embeddings": soft_full},
-        log={"loss": mean_curve},
-    )
+    mean_curve = [sum(c[i] * n for c, n in zip(curves, sizes)) / len(prompts) for i in range(budgets[-1])]
+    results = []
+    for per_budget in snapshots:
+        final = torch.cat(per_budget)
+        results.append(
+            AttackResult(
+                prompts=_decode(pipe.tokenizer, final),
+                cond=_states(pipe.text_encoder, final),
+                columns={"token_ids": _id_strings(pipe.tokenizer, final), "source_prompt": list(prompts)},
+                tensors={"ids": final, "free": free},
+                log={"loss": mean_curve},
+            )
+        )
+    results[-1].tensors["soft_embeddings"] = torch.cat(softs)  # the continuous copies at the free positions
+    return results
 
 
 def _vocabulary(pipe: StableDiffusionPipeline, allowed: torch.Tensor | None) -> torch.Tensor:
@@ -325,28 +367,36 @@ def p4d_attack(
     seed: int,
     batch_size: int,
     allowed: torch.Tensor | None = None,
-) -> AttackResult:
+    restart: int = 0,
+) -> list[AttackResult]:
     """P4D: each normal prompt's first `p.tokens` tokens become free, initialised as they
-    are, and are optimised so the attacked model predicts the noise the original model
-    predicts for the normal prompt, on x_t noised from `x0` (the original model's image
-    for that prompt, N x 4 x h x w). `allowed`: the ids tokens may take (`searchable`;
-    default the whole vocabulary)."""
+    are (restarts > 0: with a share `RESTART_SWAP` of them randomised), and are optimised so
+    the attacked model predicts the noise the original model predicts for the normal
+    prompt, on x_t noised from `x0` (the original model's image for that prompt, N x 4 x h
+    x w). `allowed`: the ids tokens may take (`searchable`; default the whole vocabulary).
+    One result per budget of `p.budgets`."""
     require(len(prompts) > 0, "attacks.n_prompts", "no prompts to attack")
     require(p.tokens > 0, "attacks.p4d.tokens", f"must be positive, got {p.tokens}")
     words = word_ids(pipe.tokenizer, prompts)
     require(all(words), "attacks.n_prompts", "a prompt without any token cannot be attacked")
+    allowed = _vocabulary(pipe, allowed)
     ids = full_sequences(pipe.tokenizer, words)
     free = torch.zeros_like(ids, dtype=torch.bool)
     for i, w in enumerate(words):
         free[i, 1 : 1 + min(len(w), p.tokens, ids.shape[1] - 2)] = True
     target = _states(pipe.text_encoder, ids)
+    seed = restart_seed(seed, restart)
+    start = ids.clone()
+    if restart > 0:
+        g = torch.Generator().manual_seed(seed)
+        allowed_ids = allowed.nonzero().squeeze(1)
+        swap = free & (torch.rand(ids.shape, generator=g) < RESTART_SWAP)
+        start[swap] = allowed_ids[torch.randint(len(allowed_ids), (int(swap.sum()),), generator=g)]
 
     def make_loss(part: slice, g: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda states: p4d_loss(pipe.unet, pipe.scheduler, x0[part], target[part], states, g)
 
-    return _discrete_attack(
-        pipe, prompts, ids, free, make_loss, p.iterations, p.lr, p.weight_decay, seed, batch_size, _vocabulary(pipe, allowed), "p4d"
-    )
+    return _discrete_attack(pipe, prompts, start, free, make_loss, p.budgets, p.lr, p.weight_decay, seed, batch_size, allowed, "p4d")
 
 
 def unlearndiff_attack(
@@ -357,14 +407,17 @@ def unlearndiff_attack(
     seed: int,
     batch_size: int,
     allowed: torch.Tensor | None = None,
-) -> AttackResult:
-    """UnlearnDiff: `p.prefix_tokens` free tokens before each normal prompt (random allowed
-    ids, or `p.prefix_init` repeated, to start), optimised so the attacked model denoises
-    `x0`, the original model's image for that prompt and seed."""
+    restart: int = 0,
+) -> list[AttackResult]:
+    """UnlearnDiff: `p.prefix_tokens` free tokens before each normal prompt (restart 0:
+    `p.prefix_init` repeated, or random allowed ids; other restarts: random), optimised so
+    the attacked model denoises `x0`, the original model's image for that prompt and seed.
+    One result per budget of `p.budgets`."""
     require(len(prompts) > 0, "attacks.n_prompts", "no prompts to attack")
     require(p.prefix_tokens > 0, "attacks.unlearndiff.prefix_tokens", f"must be positive, got {p.prefix_tokens}")
     allowed = _vocabulary(pipe, allowed)
-    if p.prefix_init:
+    seed = restart_seed(seed, restart)
+    if p.prefix_init and restart == 0:
         init = pipe.tokenizer(p.prefix_init, add_special_tokens=False).input_ids
         require(len(init) == 1, "attacks.unlearndiff.prefix_init", f"{p.prefix_init!r} is {len(init)} tokens, need exactly one")
         prefixes = torch.full((len(prompts), p.prefix_tokens), init[0])
@@ -379,44 +432,59 @@ def unlearndiff_attack(
     def make_loss(part: slice, g: torch.Generator) -> Callable[[torch.Tensor], torch.Tensor]:
         return lambda states: denoising_loss(pipe.unet, pipe.scheduler, x0[part], states, g)
 
-    return _discrete_attack(
-        pipe, prompts, ids, free, make_loss, p.iterations, p.lr, p.weight_decay, seed, batch_size, allowed, "unlearndiff"
-    )
+    return _discrete_attack(pipe, prompts, ids, free, make_loss, p.budgets, p.lr, p.weight_decay, seed, batch_size, allowed, "unlearndiff")
 
 
 # ---------------------------------------------------------------- CCE
 
 
+def cce_tokens(p: CCEParams) -> list[str]:
+    """The new tokens' strings: `p.token`, or `p.token` numbered when there are several."""
+    return [p.token] if p.tokens == 1 else [f"{p.token}{j}" for j in range(p.tokens)]
+
+
+def cce_phrase(p: CCEParams) -> str:
+    """What "{token}" in the templates becomes: the new tokens, space-separated."""
+    return " ".join(cce_tokens(p))
+
+
 def invert_concept(
-    pipe: StableDiffusionPipeline, latents: torch.Tensor, p: CCEParams, seed: int
-) -> tuple[CLIPTokenizer, CLIPTextModel, list[float]]:
-    """Textual inversion of the new token `p.token` on the attacked model from concept
-    latents (N x 4 x h x w). Works on copies of the tokenizer and text encoder, so the
-    pipeline's own never see the token. Returns (tokenizer, text encoder, loss per step)."""
+    pipe: StableDiffusionPipeline, latents: torch.Tensor, p: CCEParams, seed: int, restart: int = 0
+) -> tuple[CLIPTokenizer, CLIPTextModel, list[torch.Tensor], list[float]]:
+    """Textual inversion of the new tokens `cce_tokens(p)` on the attacked model from
+    concept latents (N x 4 x h x w). Token j of restart k starts from
+    `p.init_words[(k + j) % n]`. Works on copies of the tokenizer and text encoder, so the
+    pipeline's own never see the tokens. Returns (tokenizer, text encoder after the largest
+    budget, the new tokens' embeddings (tokens x width) after each budget, loss per step)."""
     require(len(latents) > 0, "attacks.cce.images", "no concept images to invert")
     tokenizer = copy.deepcopy(pipe.tokenizer)
     text_encoder = copy.deepcopy(pipe.text_encoder)
-    require(tokenizer.add_tokens([p.token]) == 1, "attacks.cce.token", f"{p.token!r} is already in the vocabulary")
-    init = tokenizer(p.init_word, add_special_tokens=False).input_ids
-    require(len(init) == 1, "attacks.cce.init_word", f"{p.init_word!r} is {len(init)} tokens, need exactly one")
+    names = cce_tokens(p)
+    require(tokenizer.add_tokens(names) == len(names), "attacks.cce.token", f"{p.token!r} is already in the vocabulary")
+    starts = []
+    for word in p.init_words:
+        init = tokenizer(word, add_special_tokens=False).input_ids
+        require(len(init) == 1, "attacks.cce.init_words", f"{word!r} is {len(init)} tokens, need exactly one")
+        starts.append(init[0])
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    new_id = tokenizer.convert_tokens_to_ids(p.token)
+    new_ids = tokenizer.convert_tokens_to_ids(names)
     weight = text_encoder.get_input_embeddings().weight
     with torch.no_grad():
-        weight[new_id] = weight[init[0]]
+        for j, new_id in enumerate(new_ids):
+            weight[new_id] = weight[starts[(restart + j) % len(starts)]]
     only_new = torch.zeros(weight.shape[0], 1, device=weight.device)
-    only_new[new_id] = 1.0
+    only_new[new_ids] = 1.0
     weight.requires_grad_(True)
     hook = weight.register_hook(lambda grad: grad * only_new)  # every other row keeps its value (Adam, no decay)
     opt = torch.optim.Adam([weight], lr=p.lr)
     template_ids = tokenizer(
-        [t.format(token=p.token) for t in p.train_templates], padding="max_length", max_length=tokenizer.model_max_length,
+        [t.format(token=cce_phrase(p)) for t in p.train_templates], padding="max_length", max_length=tokenizer.model_max_length,
         truncation=True, return_tensors="pt",
     ).input_ids.to(weight.device)  # fmt: skip
-    g = torch.Generator().manual_seed(seed)
-    losses = []
+    g = torch.Generator().manual_seed(restart_seed(seed, restart))
+    losses, snapshots = [], []
     with frozen(pipe.unet):
-        for step in tqdm(range(p.iterations), desc="cce inversion", leave=False, mininterval=2):
+        for step in tqdm(range(p.budgets[-1]), desc="cce inversion", leave=False, mininterval=2):
             pick = torch.randint(len(latents), (p.batch_size,), generator=g)
             which = torch.randint(len(template_ids), (p.batch_size,), generator=g)
             states = text_encoder(template_ids[which.to(weight.device)])[0]
@@ -427,27 +495,39 @@ def invert_concept(
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            if step + 1 in p.budgets:
+                snapshots.append(weight[new_ids].detach().clone())
     hook.remove()
     weight.requires_grad_(False)
-    return tokenizer, text_encoder, losses
+    return tokenizer, text_encoder, snapshots, losses
 
 
-def cce_attack(pipe: StableDiffusionPipeline, concept_latents: torch.Tensor, n_prompts: int, p: CCEParams, seed: int) -> AttackResult:
-    """CCE: invert the concept into a new token on the attacked model, then `n_prompts`
-    prompts from `p.prompt_templates` (cycled) that use it."""
+def cce_attack(
+    pipe: StableDiffusionPipeline, concept_latents: torch.Tensor, n_prompts: int, p: CCEParams, seed: int, restart: int = 0
+) -> list[AttackResult]:
+    """CCE: invert the concept into new tokens on the attacked model, then `n_prompts`
+    prompts from `p.prompt_templates` (cycled) that use them; one result per budget."""
     require(n_prompts > 0, "attacks.n_prompts", f"must be positive, got {n_prompts}")
-    tokenizer, text_encoder, losses = invert_concept(pipe, concept_latents, p, seed)
+    tokenizer, text_encoder, snapshots, losses = invert_concept(pipe, concept_latents, p, seed, restart)
     templates = [p.prompt_templates[i % len(p.prompt_templates)] for i in range(n_prompts)]
-    prompts = [t.format(token=p.token) for t in templates]
+    prompts = [t.format(token=cce_phrase(p)) for t in templates]
     ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-    new_id = tokenizer.convert_tokens_to_ids(p.token)
-    return AttackResult(
-        prompts=prompts,
-        cond=_states(text_encoder, ids),
-        columns={"template": templates},
-        tensors={"embedding": text_encoder.get_input_embeddings().weight[new_id].detach().cpu()},
-        log={"loss": losses},
-    )
+    new_ids = tokenizer.convert_tokens_to_ids(cce_tokens(p))
+    weight = text_encoder.get_input_embeddings().weight
+    results = []
+    for embedding in snapshots:
+        with torch.no_grad():
+            weight[new_ids] = embedding
+        results.append(
+            AttackResult(
+                prompts=prompts,
+                cond=_states(text_encoder, ids),
+                columns={"template": templates},
+                tensors={"embedding": embedding.cpu()},
+                log={"loss": losses},
+            )
+        )
+    return results
 
 
 # ---------------------------------------------------------------- Ring-A-Bell
@@ -488,12 +568,13 @@ def genetic_search(
     p: RingABellParams,
     g: torch.Generator,
     allowed: torch.Tensor,
-) -> tuple[torch.Tensor, list[list[float]]]:
+) -> tuple[list[torch.Tensor], list[list[float]]]:
     """Genetic search, per prompt, for K tokens (ids where `allowed`) whose states match
     `target` (N x 77 x width). The population starts from `init` (N x K: the first
     individual as is, the others mutated copies) or, if None, at random. Elites are kept
-    with their fitness, so the best fitness never drops. Returns (best tokens N x K, best
-    fitness per prompt for the initial population and after every generation)."""
+    with their fitness, so the best fitness never drops. Runs `p.budgets[-1]` generations;
+    returns (best tokens N x K after each budget's generations, best fitness per prompt for
+    the initial population and after every generation)."""
     allowed = allowed.nonzero().squeeze(1)
     n, size, k = target.shape[0], p.population, p.tokens
 
@@ -512,7 +593,8 @@ def genetic_search(
     fit = _fitness(text_encoder, tokenizer, pop, target)
     history = [fit.max(1).values.tolist()]
     rows = torch.arange(n).unsqueeze(1)
-    for _ in tqdm(range(p.generations), desc="ring-a-bell", leave=False, mininterval=2):
+    best = []
+    for generation in tqdm(range(p.budgets[-1]), desc="ring-a-bell", leave=False, mininterval=2):
         order = fit.argsort(dim=1, descending=True)
         pop, fit = pop[rows, order], fit[rows, order]  # rank 0 is the best
         n_child = size - p.elite
@@ -525,7 +607,9 @@ def genetic_search(
         pop = torch.cat([pop[:, : p.elite], children], dim=1)
         fit = torch.cat([fit[:, : p.elite], _fitness(text_encoder, tokenizer, children, target)], dim=1)
         history.append(fit.max(1).values.tolist())
-    return pop[torch.arange(n), fit.argmax(1)], history
+        if generation + 1 in p.budgets:
+            best.append(pop[torch.arange(n), fit.argmax(1)])
+    return best, history
 
 
 def ring_a_bell_attack(
@@ -535,9 +619,11 @@ def ring_a_bell_attack(
     seed: int,
     batch_size: int,
     allowed: torch.Tensor | None = None,
-) -> AttackResult:
+    restart: int = 0,
+) -> list[AttackResult]:
     """Ring-A-Bell: text encoder only, so the same prompts attack any UNet. Target per
-    normal prompt: its states + eta * concept vector; found: K tokens by genetic search."""
+    normal prompt: its states + eta * concept vector; found: K tokens by genetic search
+    (restarts differ in their seed). One result per budget of `p.budgets`."""
     require(len(prompts) > 0, "attacks.n_prompts", "no prompts to attack")
     require(p.tokens > 0, "attacks.ring_a_bell.tokens", f"must be positive, got {p.tokens}")
     vector = concept_vector(pipe, prompts, p.concept_words, p.neutral_words)
@@ -549,19 +635,27 @@ def ring_a_bell_attack(
     # From the prompt: its tokens repeated to length K.
     init = torch.tensor([[w[i % len(w)] for i in range(p.tokens)] for w in words]) if p.init_from_prompt else None
     allowed = _vocabulary(pipe, allowed)
-    best, history = [], []
+    seed = restart_seed(seed, restart)
+    found: list[list[torch.Tensor]] = [[] for _ in p.budgets]
+    history = []
     for k, part in enumerate(_chunks(len(prompts), batch_size)):
         g = torch.Generator().manual_seed(seed * 1_000_003 + k)
-        found, curve = genetic_search(pipe.text_encoder, pipe.tokenizer, targets[part], None if init is None else init[part], p, g, allowed)
-        best.append(found)
+        best, curve = genetic_search(pipe.text_encoder, pipe.tokenizer, targets[part], None if init is None else init[part], p, g, allowed)
+        for per_budget, tokens in zip(found, best):
+            per_budget.append(tokens)
         history.append(curve)
-    tokens = torch.cat(best)
-    ids = _fixed_sequences(pipe.tokenizer, tokens)
-    per_generation = [sum((h[i] for h in history), []) for i in range(p.generations + 1)]
-    return AttackResult(
-        prompts=_decode(pipe.tokenizer, ids),
-        cond=_states(pipe.text_encoder, ids),
-        columns={"token_ids": [" ".join(map(str, row)) for row in tokens.tolist()], "source_prompt": list(prompts)},
-        tensors={"concept_vector": vector.cpu(), "tokens": tokens},
-        log={"best_fitness": per_generation},  # per generation, one value per prompt
-    )
+    per_generation = [sum((h[i] for h in history), []) for i in range(p.budgets[-1] + 1)]
+    results = []
+    for per_budget in found:
+        tokens = torch.cat(per_budget)
+        ids = _fixed_sequences(pipe.tokenizer, tokens)
+        results.append(
+            AttackResult(
+                prompts=_decode(pipe.tokenizer, ids),
+                cond=_states(pipe.text_encoder, ids),
+                columns={"token_ids": [" ".join(map(str, row)) for row in tokens.tolist()], "source_prompt": list(prompts)},
+                tensors={"concept_vector": vector.cpu(), "tokens": tokens},
+                log={"best_fitness": per_generation},  # per generation, one value per prompt
+            )
+        )
+    return results

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dm2.io import read_metadata
+from dm2.models import ModelsParams
 from dm2.weights import load_float32, save_float16
 
 WORLD_IMAGE_SIZE = 32
@@ -107,18 +108,39 @@ def _clip_styles(path: str) -> Judge:
     return clip_names_judge("ViT-L-14", "openai", names)
 
 
+def _geometric(path: str) -> Judge:
+    from dm2.shape_geometry import GeometricJudge  # OpenCV is only needed here
+
+    return GeometricJudge()
+
+
 JUDGES: dict[str, Callable[[str], Judge]] = {
     "world": _load_world_judge,
+    "geometric": _geometric,
     "nudenet": _nudenet,
     "q16": _q16,
     "clip_styles": _clip_styles,
 }
 
 
-def load_judge(kind: str, path: str) -> Judge:
+def load_judge(kind: str, path: str, key: str = "models.judge") -> Judge:
     if kind not in JUDGES:
-        raise ValueError(f"models.judge: {kind!r} is unknown; allowed: {sorted(JUDGES)}")
-    return JUDGES[kind](path)
+        raise ValueError(f"{key}: {kind!r} is unknown; allowed: {sorted(JUDGES)}")
+    try:
+        return JUDGES[kind](path)
+    except ImportError as e:
+        raise ImportError(f"{key}: the {kind!r} judge needs a package that is not installed ({e})") from None
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{key}_path: {e}; train or fetch the {kind!r} judge first") from None
+
+
+def load_judges(models: ModelsParams) -> dict[str, Judge]:
+    """The primary judge (`models.judge`) and the second one (`models.second_judge`), by
+    kind, primary first; loaded before any work so a missing file fails at once."""
+    return {
+        models.judge: load_judge(models.judge, models.judge_path),
+        models.second_judge: load_judge(models.second_judge, models.second_judge_path, "models.second_judge"),
+    }
 
 
 def judge_concept(judge: Judge, images: torch.Tensor, concept: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,10 +21,16 @@ class ModelsParams:
     clip_pretrained: str
     judge: str
     judge_path: str
+    # A second judge of another family: every Ratio and ASR is reported by both. World:
+    # "geometric" (shape descriptors of the segmented foreground, nothing learned); real
+    # models: e.g. nudenet (a detector) beside q16 (CLIP).
+    second_judge: str = "geometric"
+    second_judge_path: str = ""
 
     def validate(self, name: str) -> None:
-        for key in ("diffusion", "clip_name", "clip_pretrained", "judge"):
+        for key in ("diffusion", "clip_name", "clip_pretrained", "judge", "second_judge"):
             require(bool(getattr(self, key).strip()), f"{name}.{key}", "must not be empty")
+        require(self.second_judge != self.judge, f"{name}.second_judge", f"must differ from models.judge ({self.judge!r})")
 
 
 def resolve_device(device: str) -> torch.device:

@@ -4,7 +4,8 @@ with one row per method.
 
 Input rows map a name ("base", "DM2", "ESD-x", ...) to metrics: ratio,
 ratio_synonym_prompts, score, clip_score, fd, other_shapes_accuracy (the stages' names)
-and asr: {cce, p4d, unlearndiff, ring_a_bell}; rates in %. Any may be missing.
+and asr: {cce, p4d, unlearndiff, ring_a_bell}; rates in %; and `second_judge`: the same
+erasure and attack figures by the second judge. Any may be missing.
 """
 
 from __future__ import annotations
@@ -49,6 +50,14 @@ METRICS = [
     *(Metric(f"asr.{k}", f"ASR {name}", False, 1) for k, name in ATTACKS.items()),
     Metric("asr.mean", "ASR mean", False, 1),
 ]
+SECOND = "second_judge"
+# What the second judge reports: erasure, other-shape accuracy and the attacks.
+SECOND_METRICS = [
+    Metric(f"{SECOND}.{m.key}", m.label, m.higher_is_better, m.decimals, m.kind)
+    for m in METRICS
+    if m.key in ("ratio", "ratio_synonym_prompts", "other_shapes_accuracy") or m.key.startswith("asr.")
+]
+DISAGREEMENT = 5.0  # points between the judges worth saying
 # The paper's radar axes (Fig. 4): Ratio, Score, CLIP, FID and the four attacks.
 RADAR = ["ratio", "score", "clip_score", "fd", *(f"asr.{k}" for k in ATTACKS)]
 
@@ -56,8 +65,9 @@ RADAR = ["ratio", "score", "clip_score", "fd", *(f"asr.{k}" for k in ATTACKS)]
 def metric_value(metrics: Mapping[str, Any], key: str) -> float | None:
     """The value of `key` in one row, None when missing or not a finite number. The mean
     ASR needs all four attacks, so methods are averaged over the same attacks."""
-    if key == "asr.mean":
-        values = [metric_value(metrics, f"asr.{k}") for k in ATTACKS]
+    if key.endswith("asr.mean"):
+        prefix = key[: -len("mean")]
+        values = [metric_value(metrics, f"{prefix}{k}") for k in ATTACKS]
         return None if any(v is None for v in values) else sum(values) / len(values)  # type: ignore[arg-type]
     value: Any = metrics
     for part in key.split("."):
@@ -72,17 +82,55 @@ def ordered(rows: Rows) -> list[str]:
     return sorted(rows, key=lambda name: name != BASE)
 
 
-def table_markdown(rows: Rows) -> str:
+def table_markdown(rows: Rows, metrics: list[Metric] = METRICS) -> str:
     """Table 1 of the paper as a Markdown table: one row per model, base first."""
-    header = ["Model", *(f"{m.label} {'↑' if m.higher_is_better else '↓'}" for m in METRICS)]
-    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(METRICS)]
+    header = ["Model", *(f"{m.label} {'↑' if m.higher_is_better else '↓'}" for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "| --- |" + " ---: |" * len(metrics)]
     for name in ordered(rows):
         cells = [name]
-        for m in METRICS:
+        for m in metrics:
             v = metric_value(rows[name], m.key)
             cells.append(MISSING if v is None else f"{v:.{m.decimals}f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def judge_disagreements(rows: Rows, judges: tuple[str, str]) -> list[str]:
+    """Every figure the two judges both report and differ on by more than DISAGREEMENT
+    points, as "model: metric first vs second"."""
+    notes = []
+    for name in ordered(rows):
+        for m in SECOND_METRICS:
+            first, second = metric_value(rows[name], m.key[len(SECOND) + 1 :]), metric_value(rows[name], m.key)
+            if first is not None and second is not None and abs(first - second) > DISAGREEMENT:
+                notes.append(f"{name}: {m.label} {judges[0]} {first:.1f} vs {judges[1]} {second:.1f}")
+    return notes
+
+
+def budget_chart(sweeps: Mapping[str, Mapping[str, Any]], judges: tuple[str, str], path: str | Path) -> None:
+    """ASR against attack budget, one panel per attack: the best restart's ASR per model
+    (colour), by the primary judge (solid) and the second one (dashed)."""
+    fig, axes = plt.subplots(1, len(ATTACKS), figsize=(4 * len(ATTACKS), 3.6), sharey=True)
+    for ax, (attack, label) in zip(axes, ATTACKS.items()):
+        for i, (name, sweep) in enumerate(sweeps.items()):
+            if attack not in sweep:
+                continue
+            curve = sweep[attack]
+            for judge, style in zip(judges, ("-", "--")):
+                if judge in curve:
+                    ax.plot(curve["budgets"], curve[judge]["best"], style, marker="o", ms=3, color=f"C{i % 10}",
+                            label=f"{name} ({judge})")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_title(label)
+        ax.set_xlabel("budget (steps / iterations / generations)")
+        ax.set_ylim(-2, 102)
+    axes[0].set_ylabel("ASR % (best of restarts)")
+    axes[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _normalised(m: Metric, ori: float, e: float) -> float | None:

@@ -31,7 +31,7 @@ from dm2.config import load_params, parse_section, require
 from dm2.diffusion import Guide, encode_prompts, generate, load_pipeline
 from dm2.grid import image_grid
 from dm2.io import fingerprint, load_tensors, read_json, read_metadata, save_tensors, write_json
-from dm2.judge import Judge, judge_concept, load_judge
+from dm2.judge import Judge, judge_concept, load_judges
 from dm2.methods import apply_method, check_method, method_dir, method_label
 from dm2.metrics import KINDS, erasure_ratio_score, frechet_distance
 from dm2.models import ModelsParams, resolve_device
@@ -111,6 +111,24 @@ def load_eval_set(concept: str, world: WorldParams, p: EvaluateParams, judge: Ju
     return EvalSet(prompts, uses_name, others, other_shapes, captions, judge.features(images[keep]), judge.features)
 
 
+def judged(
+    judge: Judge, concept_images: torch.Tensor, named: torch.Tensor, other_images: torch.Tensor, other_shapes: list[str], concept: str, kind: str
+) -> dict[str, float]:
+    """Ratio and Score (all prompts, name prompts, synonym-only prompts) and other-shape
+    accuracy, by one judge."""
+    scores, is_concept = judge_concept(judge, concept_images, concept)
+    ratio, score = erasure_ratio_score(is_concept, scores, kind)
+    metrics = {"ratio": ratio, "score": score}
+    if named.any():
+        metrics["ratio_name_prompts"] = erasure_ratio_score(is_concept[named], scores[named], kind)[0]
+    if (~named).any():
+        metrics["ratio_synonym_prompts"] = erasure_ratio_score(is_concept[~named], scores[~named], kind)[0]
+    classes = list(judge.classes["shape"])
+    asked = torch.tensor([classes.index(s) for s in other_shapes])
+    metrics["other_shapes_accuracy"] = 100 * (judge.probs(other_images)["shape"].argmax(-1) == asked).float().mean().item()
+    return metrics
+
+
 def measure(
     pipe: StableDiffusionPipeline,
     judge: Judge,
@@ -119,29 +137,22 @@ def measure(
     concept: str,
     p: EvaluateParams,
     guide: Guide | None = None,
-) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    second: tuple[str, Judge] | None = None,
+) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Metrics of one model (`pipe`, sampled with `guide` if the method steers sampling),
-    plus its first concept and other-prompt images for the grids."""
+    plus its first concept and other-prompt images for the grids. `second`: (kind, judge)
+    of the second judge, whose erasure and other-shape figures go under `second_judge`."""
 
     def images_for(prompts: list[str], seed: int) -> torch.Tensor:
         return generate(pipe, encode_prompts(pipe, prompts), seed, p.steps, p.guidance, guide=guide)
 
     repeated = [q for q in data.concept_prompts for _ in range(p.images_per_prompt)]
     concept_images = images_for(repeated, p.seed)
-    scores, is_concept = judge_concept(judge, concept_images, concept)
-    ratio, score = erasure_ratio_score(is_concept, scores, p.kind)
     named = torch.tensor([u for u in data.says_name for _ in range(p.images_per_prompt)])
-    metrics = {"ratio": ratio, "score": score}
-    if named.any():
-        metrics["ratio_name_prompts"] = erasure_ratio_score(is_concept[named], scores[named], p.kind)[0]
-    if (~named).any():
-        metrics["ratio_synonym_prompts"] = erasure_ratio_score(is_concept[~named], scores[~named], p.kind)[0]
-
     other_images = images_for(data.other_prompts, p.seed + 1)
-    shape_probs = judge.probs(other_images)["shape"]
-    classes = list(judge.classes["shape"])
-    asked = torch.tensor([classes.index(s) for s in data.other_shapes])
-    metrics["other_shapes_accuracy"] = 100 * (shape_probs.argmax(-1) == asked).float().mean().item()
+    metrics = judged(judge, concept_images, named, other_images, data.other_shapes, concept, p.kind)
+    if second is not None:
+        metrics["second_judge"] = {"judge": second[0], **judged(second[1], concept_images, named, other_images, data.other_shapes, concept, p.kind)}
 
     heldout = images_for(data.heldout_captions, p.seed + 2)
     metrics["clip_score"] = clip_score(clip, heldout, data.heldout_captions).mean().item()
@@ -151,10 +162,11 @@ def measure(
 
 
 def evaluate_base(
-    pipe: StableDiffusionPipeline, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams
-) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    pipe: StableDiffusionPipeline, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams,
+    second: tuple[str, Judge] | None = None,
+) -> tuple[dict, dict[str, torch.Tensor]]:
     """The base model's metrics and grid rows; the erased models are compared against them."""
-    metrics, concept_row, other_row = measure(pipe, judge, clip, data, concept, p)
+    metrics, concept_row, other_row = measure(pipe, judge, clip, data, concept, p, second=second)
     return metrics, {"concept": concept_row, "other": other_row}
 
 
@@ -166,14 +178,15 @@ def evaluate(
     data: EvalSet,
     concept: str,
     p: EvaluateParams,
-    base: tuple[dict[str, float], dict[str, torch.Tensor]],
+    base: tuple[dict, dict[str, torch.Tensor]],
+    second: tuple[str, Judge] | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """The pipeline made into the erased model of the method folder `erased_dir`
     (`dm2.methods.apply_method`), measured beside `base` (`evaluate_base` on the same set)."""
     start = time.time()
     base_metrics, base_rows = base
     guide = apply_method(pipe, erased_dir)
-    erased, erased_concept, erased_other = measure(pipe, judge, clip, data, concept, p, guide)
+    erased, erased_concept, erased_other = measure(pipe, judge, clip, data, concept, p, guide, second)
     metrics = {"base": base_metrics, "erased": erased, "seconds": round(time.time() - start, 1)}
     grids = {"concept": torch.stack([base_rows["concept"], erased_concept]), "other": torch.stack([base_rows["other"], erased_other])}
     return metrics, grids
@@ -211,18 +224,19 @@ def main() -> None:
     key = fingerprint(concept.name, world, models, p)  # what the base results depend on
     base = None if which == "base" else load_base(key)
     device = resolve_device(params.get("device", "auto"))
-    judge = load_judge(models.judge, models.judge_path)
+    judges = load_judges(models)  # before any work: a missing judge fails at once
+    judge, second = judges[models.judge], (models.second_judge, judges[models.second_judge])
     data = load_eval_set(concept.name, world, p, judge, device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
     pipe = load_pipeline(models.diffusion, device)
     if base is None:
         start = time.time()
-        base = evaluate_base(pipe, judge, clip, data, concept.name, p)
+        base = evaluate_base(pipe, judge, clip, data, concept.name, p, second)
         seconds = time.time() - start
         save_base(base, seconds, key)
         print({"base": base[0], "seconds": round(seconds, 1)})
         return
-    metrics, grids = evaluate(pipe, method_dir(method), judge, clip, data, concept.name, p, base)
+    metrics, grids = evaluate(pipe, method_dir(method), judge, clip, data, concept.name, p, base, second)
     write_json(metrics, METRICS)
     save_tensors({"base": grids["concept"][0], method: grids["concept"][1]}, IMAGES)
     GRIDS.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import torch
 from dm2.config import load_params, parse_section, require
 from dm2.io import load_tensors, read_json
 from dm2.methods import LABELS, check_method
-from dm2.report import BASE, method_grid, radar_chart, radar_ratios, table_markdown
+from dm2.report import BASE, DISAGREEMENT, SECOND_METRICS, budget_chart, judge_disagreements, method_grid, radar_chart, radar_ratios, table_markdown
 
 REPORTS = Path("reports")
 EVAL = Path("metrics/eval.json")
@@ -38,9 +38,13 @@ class CompareParams:
 
 
 def collect_rows(method: str, others: list[str], eval_metrics: dict, attack_metrics: dict, compare_dir: Path) -> dict[str, dict[str, Any]]:
-    """Report rows keyed by label, base first: metrics with `asr` per attack."""
-    rows = {BASE: {**eval_metrics["base"], "asr": attack_metrics["base"]}}
-    rows[LABELS[method]] = {**eval_metrics["erased"], "asr": attack_metrics["erased"]}
+    """Report rows keyed by label, base first: metrics with `asr` per attack, and the second
+    judge's figures under `second_judge`."""
+    second = attack_metrics["second_judge"]
+    rows = {}
+    for label, model in ((BASE, "base"), (LABELS[method], "erased")):
+        by_second = {**eval_metrics[model].get("second_judge", {}), "asr": second[model]}
+        rows[label] = {**eval_metrics[model], "asr": attack_metrics[model], "second_judge": by_second}
     for m in others:
         if m != method:
             rows[LABELS[m]] = read_json(compare_dir / f"{m}.json")
@@ -56,12 +60,33 @@ def collect_images(method: str, others: list[str], eval_images: Path, compare_di
     return images
 
 
-def write_report(rows: dict[str, dict[str, Any]], images: dict[str, torch.Tensor], out_dir: Path) -> str:
+def collect_sweeps(method: str, others: list[str], attack_metrics: dict, compare_dir: Path) -> dict[str, dict]:
+    """ASR-vs-budget sweeps keyed by label, base first."""
+    sweeps = {BASE: attack_metrics["sweep"]["base"], LABELS[method]: attack_metrics["sweep"]["erased"]}
+    for m in others:
+        if m != method:
+            sweeps[LABELS[m]] = read_json(compare_dir / f"{m}.json")["asr_sweep"]
+    return sweeps
+
+
+def write_report(
+    rows: dict[str, dict[str, Any]], images: dict[str, torch.Tensor], sweeps: dict[str, dict], judges: tuple[str, str], out_dir: Path
+) -> str:
+    """table.md: Table 1 by the primary judge, the second judge's figures, and every
+    figure where the two judges disagree by more than 5 points; the radar, the grid and
+    the ASR-vs-budget curves."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = table_markdown(rows)
+    notes = judge_disagreements(rows, judges)
+    table = "\n".join([
+        f"Judged by `{judges[0]}` (ASR: best of the restarts at the largest budget):", "", table_markdown(rows),
+        f"The same images judged by `{judges[1]}`:", "", table_markdown(rows, SECOND_METRICS),
+        f"Where the judges disagree by more than {DISAGREEMENT:.0f} points:", "",
+        *([f"- {n}" for n in notes] or ["- nowhere"]), "",
+    ])  # fmt: skip
     (out_dir / "table.md").write_text(table)
     radar_chart(radar_ratios(rows), out_dir / "radar.png")
     method_grid(images).save(out_dir / "grid.png")
+    budget_chart(sweeps, judges, out_dir / "asr_budget.png")
     return table
 
 
@@ -71,9 +96,12 @@ def main() -> None:
     check_method(method)
     compare = parse_section(CompareParams, params.get("compare"), "compare")
     require(EVAL.is_file() and ATTACKS.is_file(), "report", f"{EVAL} and {ATTACKS} are needed; run the evaluate and attack stages")
-    rows = collect_rows(method, compare.methods, read_json(EVAL), read_json(ATTACKS), COMPARE_METRICS)
+    attack_metrics = read_json(ATTACKS)
+    rows = collect_rows(method, compare.methods, read_json(EVAL), attack_metrics, COMPARE_METRICS)
     images = collect_images(method, compare.methods, EVAL_IMAGES, COMPARE_IMAGES)
-    print(write_report(rows, images, REPORTS))
+    sweeps = collect_sweeps(method, compare.methods, attack_metrics, COMPARE_METRICS)
+    judges = (attack_metrics["judge"], attack_metrics["second_judge"]["judge"])
+    print(write_report(rows, images, sweeps, judges, REPORTS))
 
 
 if __name__ == "__main__":

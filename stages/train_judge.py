@@ -1,5 +1,7 @@
 """Stage train_judge: train the world's judge (shape, colour and texture classifier) on
-rendered images, augmented so that it also judges the diffusion model's samples well."""
+rendered images, augmented so that it also judges the diffusion model's samples well, and
+on hard renders (faint, small, blurred, noisy: `dm2.hard_renders`), so that a method that
+fades or shrinks the concept instead of removing it is still caught."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch.nn.functional as F
 
 from dm2.augment import AugmentParams, augment
 from dm2.config import load_params, parse_section, require
+from dm2.hard_renders import HARD_HELDOUT_SEED_OFFSET, HARD_TRAIN_SEED_OFFSET, HardRanges, render_hard
 from dm2.io import write_json
 from dm2.judge import WorldJudge, save_world_judge
 from dm2.training import TrainParams, WorldParams, train_loop, world_split
@@ -26,9 +29,12 @@ METRICS = Path("metrics/train_judge.json")
 class JudgeTrainParams(TrainParams):
     width: int = 32
     augment: AugmentParams = field(default_factory=AugmentParams)
+    hard_images: int = 0  # hard renders added to the world's training images
+    hard: HardRanges = field(default_factory=HardRanges)
 
     def validate(self, name: str) -> None:
         super().validate(name)
+        require(self.hard_images >= 0, f"{name}.hard_images", f"must be >= 0, got {self.hard_images}")
         require(self.width > 0 and self.width % 8 == 0, f"{name}.width", "must be a positive multiple of 8 (GroupNorm groups)")
 
 
@@ -50,13 +56,18 @@ def judge_loss(judge: WorldJudge, images: torch.Tensor, labels: dict[str, torch.
 
 
 def heldout_accuracy(judge: WorldJudge, world: WorldParams, p: JudgeTrainParams) -> dict[str, float]:
-    """Accuracy per head on clean held-out renders and on augmented ones (a proxy for
-    generated images)."""
+    """Accuracy per head on clean held-out renders, on augmented ones (a proxy for
+    generated images) and on held-out hard renders (world_check breaks these down)."""
     images, samples = world_split(world, "heldout")
-    labels = labels_of(judge, samples)
     g = torch.Generator().manual_seed(world.seed + 5)
+    hard, hard_samples, _ = render_hard(world.spec(), world.heldout_images, world.seed + HARD_HELDOUT_SEED_OFFSET, p.hard)
     metrics = {}
-    for prefix, x in (("heldout", images), ("heldout_augmented", augment(images, p.augment, g))):
+    for prefix, x, labelled in (
+        ("heldout", images, samples),
+        ("heldout_augmented", augment(images, p.augment, g), samples),
+        ("heldout_hard", hard, hard_samples),
+    ):
+        labels = labels_of(judge, labelled)
         probs = judge.probs(x)
         for head, y in labels.items():
             known = y != IGNORE
@@ -69,6 +80,9 @@ def train_world_judge(world: WorldParams, p: JudgeTrainParams) -> tuple[WorldJud
     torch.manual_seed(world.seed)
     images, samples = world_split(world, "train")
     spec = world.spec()
+    if p.hard_images:
+        hard, hard_samples, _ = render_hard(spec, p.hard_images, world.seed + HARD_TRAIN_SEED_OFFSET, p.hard)
+        images, samples = torch.cat([images, hard]), samples + hard_samples
     judge = WorldJudge(list(spec.shape_classes), list(spec.colours), list(spec.textures), width=p.width).train()
     labels = labels_of(judge, samples)
     g = torch.Generator().manual_seed(world.seed + 4)

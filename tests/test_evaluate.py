@@ -8,10 +8,11 @@ import torch
 
 import stages.evaluate as evaluate_stage
 from dm2.config import ParamsError
+from dm2.diffusion import encode_prompts, generate
 
 from dm2.judge import WorldJudge
 from dm2.world import DEFAULT_SYNONYMS
-from stages.evaluate import EvalSet, EvaluateParams, evaluate, evaluate_base
+from stages.evaluate import EvalSet, EvaluateParams, evaluate, evaluate_base, judged, measure
 from tests.test_erase import run
 
 SHAPES = list(DEFAULT_SYNONYMS)
@@ -36,10 +37,16 @@ def test_evaluate_measures_base_and_erased_side_by_side(tiny_pipe, tiny_clip, tm
         features=judge.features,
     )
     p = EvaluateParams(images_per_prompt=2, n_prompts=2, n_other=3, n_heldout=4, steps=2, guidance=2.0, seed=0, kind="object", grid_images=2)
-    base = evaluate_base(tiny_pipe, judge, tiny_clip, data, "circle", p)
-    metrics, grids = evaluate(tiny_pipe, tmp_path, judge, tiny_clip, data, "circle", p, base)
-    keys = {"ratio", "score", "ratio_name_prompts", "ratio_synonym_prompts", "other_shapes_accuracy", "clip_score", "fd"}
+    torch.manual_seed(1)
+    second = ("other", WorldJudge(SHAPES, ["red", "blue"], ["plain"], width=8).eval())
+    base = evaluate_base(tiny_pipe, judge, tiny_clip, data, "circle", p, second)
+    metrics, grids = evaluate(tiny_pipe, tmp_path, judge, tiny_clip, data, "circle", p, base, second)
+    judged_keys = {"ratio", "score", "ratio_name_prompts", "ratio_synonym_prompts", "other_shapes_accuracy"}
+    keys = judged_keys | {"clip_score", "fd", "second_judge"}
     assert set(metrics["base"]) == keys and set(metrics["erased"]) == keys
+    for m in ("base", "erased"):  # the second judge's own figures on the same images
+        assert set(metrics[m]["second_judge"]) == judged_keys | {"judge"} and metrics[m]["second_judge"]["judge"] == "other"
+        assert 0 <= metrics[m]["second_judge"]["ratio"] <= 100
     assert all(0 <= metrics[m]["ratio"] <= 100 for m in ("base", "erased"))
     assert metrics["base"]["fd"] != metrics["erased"]["fd"]  # the LoRA changed the images
     assert grids["concept"].shape == (2, 2, 3, 32, 32) and grids["other"].shape == (2, 2, 3, 32, 32)
@@ -57,3 +64,42 @@ def test_base_results_are_reused_only_with_the_same_settings(tmp_path, monkeypat
     assert metrics == {"ratio": 90.0} and torch.equal(loaded["other"], rows["other"])
     with pytest.raises(ParamsError, match="made with other settings"):
         evaluate_stage.load_base("k2")
+
+
+class HalfCircleJudge:
+    """Calls the first half of every batch a circle, the rest a square."""
+
+    classes = {"shape": tuple(SHAPES)}
+
+    def probs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        probs = torch.full((len(images), len(SHAPES)), 0.01)
+        probs[: len(images) // 2, SHAPES.index("circle")] = 0.9
+        probs[len(images) // 2 :, SHAPES.index("square")] = 0.9
+        return {"shape": probs}
+
+
+def test_second_judge_figures_are_that_judges_own(tiny_pipe, tiny_clip):
+    """`second` adds a `second_judge` block with the same figures, by that judge: the primary
+    judge passed again gives the primary figures; another judge gives its own."""
+    torch.manual_seed(0)
+    judge = WorldJudge(SHAPES, ["red", "blue"], ["plain"], width=8).eval()
+    other = HalfCircleJudge()
+    data = EvalSet(["a red circle", "a blue ball", "a circle"], [True, False, True], ["a red box", "a star"], ["square", "star"],
+                   ["a blue star", "a square"], judge.features(torch.rand(2, 3, 32, 32)), judge.features)  # fmt: skip
+    p = EvaluateParams(images_per_prompt=2, n_prompts=3, n_other=2, n_heldout=2, steps=2, guidance=2.0, seed=0, kind="object", grid_images=2)
+    alone, _, _ = measure(tiny_pipe, judge, tiny_clip, data, "circle", p)
+    assert "second_judge" not in alone
+    same, _, _ = measure(tiny_pipe, judge, tiny_clip, data, "circle", p, second=("world", judge))
+    figures = {k: alone[k] for k in ("ratio", "score", "ratio_name_prompts", "ratio_synonym_prompts", "other_shapes_accuracy")}
+    assert same["second_judge"] == {"judge": "world", **figures}
+    assert {k: v for k, v in same.items() if k != "second_judge"} == alone  # the primary figures are unchanged
+    by_other, _, _ = measure(tiny_pipe, judge, tiny_clip, data, "circle", p, second=("other", other))
+    # measure's images, made again as it makes them: concept prompts x images_per_prompt, then the others.
+    repeated = [q for q in data.concept_prompts for _ in range(p.images_per_prompt)]
+    concept_images = generate(tiny_pipe, encode_prompts(tiny_pipe, repeated), p.seed, p.steps, p.guidance)
+    other_images = generate(tiny_pipe, encode_prompts(tiny_pipe, data.other_prompts), p.seed + 1, p.steps, p.guidance)
+    named = torch.tensor([True, True, False, False, True, True])
+    want = judged(other, concept_images, named, other_images, data.other_shapes, "circle", p.kind)
+    assert want != figures, "both judges give the same figures: the check below could not tell them apart"
+    assert by_other["second_judge"] == pytest.approx({"judge": "other", **want})
+    assert {k: v for k, v in by_other.items() if k != "second_judge"} == alone

@@ -19,8 +19,10 @@ from stages.baseline import BaselinesParams, train_baseline
 from stages.compare import compare_method
 from stages.evaluate import EvalSet, EvaluateParams
 from stages.report import collect_images, collect_rows, write_report
-from tests.test_attacks import STAGE_PROMPTS, stage_params
-from tests.test_evaluate import SHAPES
+from dm2.attack_runs import ATTACKS, prepare_attacks
+from stages.report import collect_sweeps
+from tests.test_attacks import SEARCH, STAGE_PROMPTS, stage_params
+from tests.test_evaluate import SHAPES, HalfCircleJudge
 
 TINY_BASELINES = {
     "esd": {"iterations": 2, "ddim_steps": 2, "lora_rank": 2},
@@ -77,27 +79,46 @@ def test_apply_refuses_a_missing_folder_or_a_swapped_lora(tiny_pipe, tmp_path):
 def test_compare_measures_the_erased_model_like_evaluate_and_attack(tiny_pipe, tiny_clip, tmp_path):
     train_baseline(tiny_pipe, "sld", "circle", baselines(), tmp_path / "sld")
     judge = WorldJudge(SHAPES, ["red", "blue"], ["plain"], width=8).eval()
+    judges = {"world": judge, "other": HalfCircleJudge()}  # primary first
     data = EvalSet(["a red circle", "a blue ball"], [True, False], ["a red box", "a star"], ["square", "star"],
                    ["a blue star", "a square"], judge.features(torch.rand(2, 3, 32, 32)), judge.features)  # fmt: skip
     ep = EvaluateParams(images_per_prompt=2, n_prompts=2, n_other=2, n_heldout=2, steps=2, guidance=2.0, seed=0, kind="object", grid_images=2)
-    metrics, images = compare_method(
-        tiny_pipe, tmp_path / "sld", judge, tiny_clip, data, "circle", ep, STAGE_PROMPTS, stage_params(), tmp_path / "out", STAGE_PROMPTS
-    )
-    assert {"ratio", "clip_score", "fd", "other_shapes_accuracy", "asr"} <= set(metrics)
+    ap = stage_params()
+    inputs = prepare_attacks(tiny_pipe, judge, "circle", STAGE_PROMPTS, ap, SEARCH)  # the base side, as stage attack_base
+    metrics, images = compare_method(tiny_pipe, tmp_path / "sld", judges, tiny_clip, data, "circle", ep, inputs, ap, tmp_path / "out")
+    assert {"ratio", "clip_score", "fd", "other_shapes_accuracy", "asr", "asr_sweep", "second_judge", "seconds"} <= set(metrics)
     assert images.shape == (2, 3, 32, 32)
-    for attack in ("cce", "p4d", "unlearndiff", "ring_a_bell"):
+    second = metrics["second_judge"]
+    assert second["judge"] == "other" and {"ratio", "other_shapes_accuracy", "asr"} <= set(second)
+    assert second["ratio"] == 50.0  # HalfCircleJudge: half of the 4 concept images
+    for attack in ATTACKS:
+        sweep = metrics["asr_sweep"][attack]
+        assert sweep["budgets"] == ap.budgets(attack)
         assert 0.0 <= metrics["asr"][attack] <= 100.0
-        assert (tmp_path / "out" / "attacks" / attack / "prompts.csv").is_file()
+        assert metrics["asr"][attack] == sweep["world"]["best"][-1]  # the primary judge's, best restart, largest budget
+        assert second["asr"][attack] == sweep["other"]["best"][-1]
+        for restart in range(ap.restarts):
+            rows = (tmp_path / "out" / "attacks" / attack / f"restart{restart}" / "prompts.csv").read_text().splitlines()
+            assert rows[0].endswith("score_world,is_concept_world,score_other,is_concept_other") and len(rows) == ap.n_prompts + 1
 
 
 def fixed_metrics(tmp_path):
     row = {"ratio": 90.0, "ratio_synonym_prompts": 88.0, "score": 0.9, "clip_score": 70.0, "fd": 8.0, "other_shapes_accuracy": 90.0}
     erased = {**row, "ratio": 5.0, "ratio_synonym_prompts": 6.0, "clip_score": 68.0}
+    by_second = {"judge": "geometric", "ratio": 80.0, "ratio_synonym_prompts": 85.0, "other_shapes_accuracy": 70.0}
     asr = {"cce": 80.0, "p4d": 85.0, "unlearndiff": 90.0, "ring_a_bell": 95.0}
-    eval_metrics = {"base": row, "erased": erased}
-    attack_metrics = {"base": asr, "erased": {k: 10.0 for k in asr}}
+    curve = {"per_restart": [[20.0, 40.0]], "best": [20.0, 40.0], "any_restart": [20.0, 40.0]}
+    sweep = {a: {"budgets": [10, 20], "world": curve, "geometric": curve} for a in asr}
+    eval_metrics = {"base": {**row, "second_judge": by_second}, "erased": {**erased, "second_judge": {**by_second, "ratio": 5.0}}}
+    attack_metrics = {
+        "judge": "world", "base": asr, "erased": {k: 10.0 for k in asr},
+        "second_judge": {"judge": "geometric", "base": asr, "erased": {k: 12.0 for k in asr}},
+        "sweep": {"base": sweep, "erased": sweep},
+    }  # fmt: skip
     (tmp_path / "compare").mkdir()
-    (tmp_path / "compare" / "esd_x.json").write_text(json.dumps({**row, "ratio": 30.0, "ratio_synonym_prompts": 50.0, "asr": asr}))
+    compare_row = {**row, "ratio": 30.0, "ratio_synonym_prompts": 50.0, "asr": asr, "asr_sweep": sweep,
+                   "second_judge": {**by_second, "asr": asr}}  # fmt: skip
+    (tmp_path / "compare" / "esd_x.json").write_text(json.dumps(compare_row))
     return eval_metrics, attack_metrics
 
 
@@ -105,13 +126,20 @@ def test_report_renders_every_row_from_fixed_metrics(tmp_path):
     eval_metrics, attack_metrics = fixed_metrics(tmp_path)
     rows = collect_rows("dm2", ["esd_x", "dm2"], eval_metrics, attack_metrics, tmp_path / "compare")
     assert list(rows) == ["base", "DM2", "ESD-x"]
+    assert rows["DM2"]["second_judge"]["asr"] == {k: 12.0 for k in ATTACKS}
     images = {name: torch.rand(3, 3, 32, 32) for name in rows}
-    table = write_report(rows, images, tmp_path / "reports")
+    sweeps = collect_sweeps("dm2", ["esd_x", "dm2"], attack_metrics, tmp_path / "compare")
+    assert list(sweeps) == ["base", "DM2", "ESD-x"]
+    table = write_report(rows, images, sweeps, ("world", "geometric"), tmp_path / "reports")
     lines = [line for line in table.splitlines() if line.startswith("|")]
-    assert [line.split("|")[1].strip() for line in lines[2:]] == ["base", "DM2", "ESD-x"]
+    n = len(rows) + 2  # header, rule, one line per model: the primary judge's table first
+    assert [line.split("|")[1].strip() for line in lines[2:n]] == ["base", "DM2", "ESD-x"]
     assert "| 5.0 |" in lines[3] and "| 50.0 |" in lines[4]  # DM2's Ratio, ESD-x's synonym Ratio
+    assert [line.split("|")[1].strip() for line in lines[n + 2 :]] == ["base", "DM2", "ESD-x"]  # the second judge's
+    assert "| 80.0 |" in lines[n + 2]  # the base model's Ratio by the second judge
+    assert "base: Ratio world 90.0 vs geometric 80.0" in table
     assert (tmp_path / "reports" / "table.md").read_text() == table
-    for png in ("radar.png", "grid.png"):
+    for png in ("radar.png", "grid.png", "asr_budget.png"):
         with Image.open(tmp_path / "reports" / png) as im:
             assert im.width > 100 and im.height > 100
 

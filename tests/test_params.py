@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from dm2.attack_runs import AttacksParams
 from dm2.concept import ConceptParams
 from dm2.config import ParamsError, load_params, parse_section
 from dm2.dark_miner import CircumventParams, MineParams, VerifyParams
 from dm2.models import ModelsParams, resolve_device
 from dm2.training import WorldParams
 from dm2.methods import check_method
-from stages.attack import AttacksParams
 from stages.baseline import BaselinesParams
 from stages.erase import EraseParams
 from stages.evaluate import EvaluateParams
@@ -115,3 +115,11 @@ def test_missing_base_model_folder_is_named(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="models.diffusion: .*missing_sd is not a diffusers pipeline folder"):
         load_pipeline(str(tmp_path / "missing_sd"))
+
+
+def test_second_judge_must_differ_from_the_first():
+    models = load_params(ROOT / "params.yaml")["models"]
+    parsed = parse_section(ModelsParams, models, "models")
+    assert parsed.second_judge != parsed.judge
+    with pytest.raises(ParamsError, match=r"models\.second_judge: must differ from models\.judge"):
+        parse_section(ModelsParams, {**models, "second_judge": models["judge"]}, "models")
