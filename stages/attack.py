@@ -78,9 +78,9 @@ def main() -> None:
         print({"base": metrics["asr"], "seconds": metrics["seconds"]})
         return
     inputs = load_inputs(BASE_INPUTS, key)
-    base = read_json(BASE_METRICS)
     guide = apply_method(pipe, method_dir(method))
     erased, images = sweep_model(pipe, judges, concept.name, inputs, p, OUT_DIR, guide)
+    base = read_json(BASE_METRICS)  # attack_base writes the inputs first, its own sweep last
     erased["seconds"]["total"] = round(time.time() - start, 1)
     primary, second = models.judge, models.second_judge
     metrics = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from diffusers import StableDiffusionPipeline
@@ -24,9 +25,9 @@ from dm2.attack_runs import BASE_INPUTS, AttackInputs, AttacksParams, attack_set
 from dm2.clip import ClipModel, load_clip
 from dm2.config import load_params, parse_section
 from dm2.diffusion import load_pipeline
-from dm2.io import save_tensors, write_json
+from dm2.io import fingerprint, load_tensors, read_json, read_metadata, save_tensors, write_json
 from dm2.judge import Judge, load_judges
-from dm2.methods import apply_method, check_method, method_dir
+from dm2.methods import INFO_FILE, apply_method, check_method, method_dir
 from dm2.models import resolve_device
 from dm2.training import WorldParams
 from stages.evaluate import EvalSet, EvaluateParams, load_eval_set, measure
@@ -34,6 +35,7 @@ from stages.evaluate import EvalSet, EvaluateParams, load_eval_set, measure
 METRICS_DIR = Path("metrics/compare")
 OUT_DIR = Path("artifacts/compare")
 IMAGES = "concept_images.safetensors"
+EVAL_CHECKPOINT = "evaluation.safetensors"  # the evaluation half, kept while the attacks run
 
 
 def compare_method(
@@ -44,17 +46,27 @@ def compare_method(
     data: EvalSet,
     concept: str,
     ep: EvaluateParams,
-    inputs: AttackInputs,
+    load_attack_inputs: Callable[[], AttackInputs],
     ap: AttacksParams,
     out_dir: Path,
+    eval_key: str = "",
 ) -> tuple[dict, torch.Tensor]:
     """Evaluation metrics and ASR per attack of the erased model in `erased_dir`, by both
-    judges (primary first in `judges`). Returns (metrics, the concept images of the grid)."""
+    judges (primary first in `judges`). The evaluation is kept in `out_dir` (keyed by
+    `eval_key`) before the attacks run, so a run stopped during the attacks resumes after
+    it. Returns (metrics, the concept images of the grid)."""
     start = time.time()
     (primary, judge), (second, second_judge) = judges.items()
     guide = apply_method(pipe, erased_dir)
-    metrics, concept_images, _ = measure(pipe, judge, clip, data, concept, ep, guide, (second, second_judge))
-    attacks, _ = sweep_model(pipe, judges, concept, inputs, ap, out_dir / "attacks", guide)
+    saved = out_dir / EVAL_CHECKPOINT
+    if saved.is_file() and read_metadata(saved).get("fingerprint") == eval_key:
+        metrics, concept_images = read_json(saved.with_suffix(".json")), load_tensors(saved)["concept_images"]
+        print(f"{saved}: evaluation made with these settings, reused")
+    else:
+        metrics, concept_images, _ = measure(pipe, judge, clip, data, concept, ep, guide, (second, second_judge))
+        write_json(metrics, saved.with_suffix(".json"))
+        save_tensors({"concept_images": concept_images}, saved, {"fingerprint": eval_key})  # written last: marks the pair done
+    attacks, _ = sweep_model(pipe, judges, concept, load_attack_inputs(), ap, out_dir / "attacks", guide)
     metrics["asr"] = attacks["asr"][primary]
     metrics["second_judge"]["asr"] = attacks["asr"][second]
     metrics["asr_sweep"] = attacks["sweep"]
@@ -71,13 +83,17 @@ def main() -> None:
     world = parse_section(WorldParams, params["world"], "world")
     models, concept, ap, key = attack_settings(params)
     ep = parse_section(EvaluateParams, params["evaluate"], "evaluate")
-    inputs = load_inputs(BASE_INPUTS, key)
+    # What the kept evaluation depends on: the method's weights (method.json changes with them) and settings.
+    eval_key = fingerprint(concept.name, world, models, ep, read_json(method_dir(method) / INFO_FILE))
     device = resolve_device(params.get("device", "auto"))
     judges = load_judges(models)
     data = load_eval_set(concept.name, world, ep, judges[models.judge], device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
     pipe = load_pipeline(models.diffusion, device)
-    metrics, images = compare_method(pipe, method_dir(method), judges, clip, data, concept.name, ep, inputs, ap, OUT_DIR / method)
+    # The attacks' inputs are read after the evaluation: under dvc, attack_base has made them.
+    metrics, images = compare_method(
+        pipe, method_dir(method), judges, clip, data, concept.name, ep, lambda: load_inputs(BASE_INPUTS, key), ap, OUT_DIR / method, eval_key
+    )
     write_json(metrics, METRICS_DIR / f"{method}.json")
     save_tensors({method: images}, OUT_DIR / method / IMAGES)
     print(f"compare {method}: ratio {metrics['ratio']:.1f}%, ASR {metrics['asr']} ({metrics['seconds']:.0f}s)")

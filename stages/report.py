@@ -37,6 +37,19 @@ class CompareParams:
             check_method(m, f"{name}.methods[{i}]")
 
 
+def measured_methods(method: str, others: list[str], compare_dir: Path) -> tuple[list[str], list[str]]:
+    """The methods of `others` whose compare metrics were made by this protocol (both
+    judges, budget sweeps), and those missing or made by an earlier one: the report leaves
+    the latter out and names them, rather than mixing figures of two protocols."""
+    current, stale = [], []
+    for m in others:
+        if m == method:
+            continue
+        path = compare_dir / f"{m}.json"
+        (current if path.is_file() and "asr_sweep" in read_json(path) else stale).append(m)
+    return current, stale
+
+
 def collect_rows(method: str, others: list[str], eval_metrics: dict, attack_metrics: dict, compare_dir: Path) -> dict[str, dict[str, Any]]:
     """Report rows keyed by label, base first: metrics with `asr` per attack, and the second
     judge's figures under `second_judge`."""
@@ -70,7 +83,12 @@ def collect_sweeps(method: str, others: list[str], attack_metrics: dict, compare
 
 
 def write_report(
-    rows: dict[str, dict[str, Any]], images: dict[str, torch.Tensor], sweeps: dict[str, dict], judges: tuple[str, str], out_dir: Path
+    rows: dict[str, dict[str, Any]],
+    images: dict[str, torch.Tensor],
+    sweeps: dict[str, dict],
+    judges: tuple[str, str],
+    out_dir: Path,
+    stale: list[str] = (),
 ) -> str:
     """table.md: Table 1 by the primary judge, the second judge's figures, and every
     figure where the two judges disagree by more than 5 points; the radar, the grid and
@@ -82,6 +100,7 @@ def write_report(
         f"The same images judged by `{judges[1]}`:", "", table_markdown(rows, SECOND_METRICS),
         f"Where the judges disagree by more than {DISAGREEMENT:.0f} points:", "",
         *([f"- {n}" for n in notes] or ["- nowhere"]), "",
+        *([f"Not measured with this protocol, left out: {', '.join(LABELS[m] for m in stale)} (run `dvc repro` to measure them).", ""] if stale else []),
     ])  # fmt: skip
     (out_dir / "table.md").write_text(table)
     radar_chart(radar_ratios(rows), out_dir / "radar.png")
@@ -97,11 +116,12 @@ def main() -> None:
     compare = parse_section(CompareParams, params.get("compare"), "compare")
     require(EVAL.is_file() and ATTACKS.is_file(), "report", f"{EVAL} and {ATTACKS} are needed; run the evaluate and attack stages")
     attack_metrics = read_json(ATTACKS)
-    rows = collect_rows(method, compare.methods, read_json(EVAL), attack_metrics, COMPARE_METRICS)
-    images = collect_images(method, compare.methods, EVAL_IMAGES, COMPARE_IMAGES)
-    sweeps = collect_sweeps(method, compare.methods, attack_metrics, COMPARE_METRICS)
+    others, stale = measured_methods(method, compare.methods, COMPARE_METRICS)
+    rows = collect_rows(method, others, read_json(EVAL), attack_metrics, COMPARE_METRICS)
+    images = collect_images(method, others, EVAL_IMAGES, COMPARE_IMAGES)
+    sweeps = collect_sweeps(method, others, attack_metrics, COMPARE_METRICS)
     judges = (attack_metrics["judge"], attack_metrics["second_judge"]["judge"])
-    print(write_report(rows, images, sweeps, judges, REPORTS))
+    print(write_report(rows, images, sweeps, judges, REPORTS, stale))
 
 
 if __name__ == "__main__":

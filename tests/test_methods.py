@@ -85,7 +85,7 @@ def test_compare_measures_the_erased_model_like_evaluate_and_attack(tiny_pipe, t
     ep = EvaluateParams(images_per_prompt=2, n_prompts=2, n_other=2, n_heldout=2, steps=2, guidance=2.0, seed=0, kind="object", grid_images=2)
     ap = stage_params()
     inputs = prepare_attacks(tiny_pipe, judge, "circle", STAGE_PROMPTS, ap, SEARCH)  # the base side, as stage attack_base
-    metrics, images = compare_method(tiny_pipe, tmp_path / "sld", judges, tiny_clip, data, "circle", ep, inputs, ap, tmp_path / "out")
+    metrics, images = compare_method(tiny_pipe, tmp_path / "sld", judges, tiny_clip, data, "circle", ep, lambda: inputs, ap, tmp_path / "out")
     assert {"ratio", "clip_score", "fd", "other_shapes_accuracy", "asr", "asr_sweep", "second_judge", "seconds"} <= set(metrics)
     assert images.shape == (2, 3, 32, 32)
     second = metrics["second_judge"]
@@ -151,3 +151,42 @@ def test_report_images_come_from_each_stage(tmp_path):
     save_tensors({"uce": torch.full((2, 3, 8, 8), 0.5)}, tmp_path / "compare" / "uce" / "concept_images.safetensors")
     images = collect_images("dm2", ["uce"], tmp_path / "eval.safetensors", tmp_path / "compare")
     assert list(images) == ["base", "DM2", "UCE"] and images["UCE"].mean().item() == 0.5
+
+
+def test_report_leaves_out_methods_measured_by_an_earlier_protocol(tmp_path):
+    from stages.report import measured_methods
+
+    fixed_metrics(tmp_path)
+    (tmp_path / "compare" / "uce.json").write_text(json.dumps({"ratio": 12.0, "asr": {"cce": 85.0}}))  # no sweep: old protocol
+    current, stale = measured_methods("dm2", ["esd_x", "uce", "sld", "dm2"], tmp_path / "compare")
+    assert current == ["esd_x"] and stale == ["uce", "sld"]  # sld: no metrics at all
+
+
+def test_compare_keeps_its_evaluation_when_the_attacks_cannot_start(tiny_pipe, tiny_clip, tmp_path, monkeypatch):
+    """A compare run stopped after the evaluation (here: no attack inputs yet) loses no
+    finished work: the next run with the same key reuses it, another key measures again."""
+    import stages.compare as compare
+
+    train_baseline(tiny_pipe, "uce", "circle", baselines(), tmp_path / "uce")
+    judge = WorldJudge(SHAPES, ["red", "blue"], ["plain"], width=8).eval()
+    judges = {"world": judge, "other": HalfCircleJudge()}
+    data = EvalSet(["a red circle"], [True], ["a red box"], ["square"], ["a blue star", "a square"],
+                   judge.features(torch.rand(2, 3, 32, 32)), judge.features)  # fmt: skip
+    ep = EvaluateParams(images_per_prompt=2, n_prompts=1, n_other=1, n_heldout=2, steps=2, guidance=2.0, seed=0, kind="object", grid_images=2)
+    ap = stage_params()
+
+    def missing():
+        raise FileNotFoundError("artifacts/attack_base/inputs.safetensors: not found")
+
+    with pytest.raises(FileNotFoundError, match="attack_base"):
+        compare_method(tiny_pipe, tmp_path / "uce", judges, tiny_clip, data, "circle", ep, missing, ap, tmp_path / "out", "key1")
+    tiny_pipe.unet.delete_adapters(tiny_pipe.unet.active_adapters())
+    first = json.loads((tmp_path / "out" / compare.EVAL_CHECKPOINT).with_suffix(".json").read_text())
+    calls = []
+    monkeypatch.setattr(compare, "measure", lambda *a, **k: calls.append(1) or (first, torch.zeros(2, 3, 32, 32), None))
+    inputs = prepare_attacks(tiny_pipe, judge, "circle", STAGE_PROMPTS, ap, SEARCH)
+    metrics, _ = compare_method(tiny_pipe, tmp_path / "uce", judges, tiny_clip, data, "circle", ep, lambda: inputs, ap, tmp_path / "out", "key1")
+    assert calls == [] and metrics["ratio"] == first["ratio"]  # reused, not measured again
+    tiny_pipe.unet.delete_adapters(tiny_pipe.unet.active_adapters())
+    compare_method(tiny_pipe, tmp_path / "uce", judges, tiny_clip, data, "circle", ep, lambda: inputs, ap, tmp_path / "out", "key2")
+    assert calls == [1]  # other settings: measured again
