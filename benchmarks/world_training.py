@@ -19,10 +19,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dm2.config import load_params, parse_section  # noqa: E402
-from dm2.training import WorldParams, world_split  # noqa: E402
-from stages.train_clip import ClipTrainParams, train_world_clip  # noqa: E402
-from stages.train_diffusion import UnetParams, VaeParams, train_text_unet, train_vae  # noqa: E402
-from stages.train_judge import JudgeTrainParams, train_world_judge  # noqa: E402
+from dm2.params import (
+    ClipTrainParams,
+    JudgeTrainParams,
+    UnetParams,
+    VaeParams,
+    WorldParams,
+)
+from dm2.training import world_split
+from stages.train_clip import train_world_clip
+from stages.train_diffusion import train_text_unet, train_vae
+from stages.train_judge import train_world_judge
 
 
 def seconds_per_step(run, steps: int) -> float:

@@ -24,61 +24,39 @@ from diffusers import StableDiffusionPipeline
 
 from dm2.attacks import (
     AttackResult,
-    CCEParams,
-    P4DParams,
-    RingABellParams,
-    UnlearnDiffParams,
     cce_attack,
     p4d_attack,
-    world_words,
     ring_a_bell_attack,
     searchable,
     unlearndiff_attack,
+    world_words,
 )
-from dm2.concept import ConceptParams
 from dm2.config import parse_section, require
-from dm2.diffusion import Guide, generate, generate_latents, encode_prompts, initial_noise, latents_to_images
-from dm2.io import fingerprint, load_tensors, read_json, read_metadata, save_tensors, write_json
+from dm2.diffusion import (
+    Guide,
+    encode_prompts,
+    generate,
+    generate_latents,
+    initial_noise,
+    latents_to_images,
+)
+from dm2.io import (
+    fingerprint,
+    load_tensors,
+    read_json,
+    read_metadata,
+    save_tensors,
+    write_json,
+)
 from dm2.judge import Judge, judge_concept
-from dm2.models import ModelsParams
+from dm2.params import AttacksParams, ConceptParams, ModelsParams, WorldParams
 from dm2.prompts import read_prompts, write_prompts
-from dm2.training import WorldParams
 
 ATTACKS = ("cce", "p4d", "unlearndiff", "ring_a_bell")
-SEARCH_SPACES = ("vocabulary", "prompts")
 # Stage attack_base's outputs, read by stages attack and compare.
 BASE_DIR = Path("artifacts/attack_base")
 BASE_INPUTS = BASE_DIR / "inputs.safetensors"
 DISAGREEMENT = 5.0  # points between the two judges' figures worth a note in the report
-
-
-@dataclass
-class AttacksParams:
-    n_prompts: int  # normal prompts attacked, from the top of the CSV; paper: 100 (P4D, UnlearnDiff)
-    steps: int  # sampler steps for every image here
-    guidance: float
-    seed: int
-    batch_size: int  # prompts optimised together (memory, not results, on a real model)
-    # Tokens P4D, UnlearnDiff and Ring-A-Bell may use: "vocabulary" (paper: all of CLIP's) or
-    # "prompts": those of every prompt in data/prompts, the only words the world's text
-    # encoder learned (the rest of its vocabulary is untrained random embeddings).
-    search_space: str
-    cce: CCEParams
-    p4d: P4DParams
-    unlearndiff: UnlearnDiffParams
-    ring_a_bell: RingABellParams
-    # P4D and UnlearnDiff attack "ideal" prompts: normal prompts whose base image (same
-    # starting noise) the judge calls the concept; all attacks then share that prompt set.
-    ideal_prompts: bool = True
-    restarts: int = 3  # every attack runs this many times from different starts
-
-    def validate(self, name: str) -> None:
-        for key in ("n_prompts", "steps", "batch_size", "restarts"):
-            require(getattr(self, key) > 0, f"{name}.{key}", f"must be positive, got {getattr(self, key)}")
-        require(self.search_space in SEARCH_SPACES, f"{name}.search_space", f"{self.search_space!r} is not one of {list(SEARCH_SPACES)}")
-
-    def budgets(self, attack: str) -> list[int]:
-        return list(getattr(self, attack).budgets)
 
 
 @dataclass

@@ -40,6 +40,7 @@ from dm2.config import require
 from dm2.dark_miner import _noised
 from dm2.diffusion import encode_token_embeddings
 from dm2.lora import adapters_disabled, frozen
+from dm2.params import CCEParams, P4DParams, RingABellParams, UnlearnDiffParams
 
 
 @dataclass
@@ -57,104 +58,12 @@ class AttackResult:
 # ---------------------------------------------------------------- params
 
 
-def _positive(obj: object, name: str, *keys: str) -> None:
-    for key in keys:
-        value = getattr(obj, key)
-        require(value > 0, f"{name}.{key}", f"must be positive, got {value}")
-
-
-def check_budgets(budgets: list[int], key: str) -> None:
-    """A budget sweep: a non-empty, strictly increasing list of positive step counts."""
-    require(bool(budgets), key, "must list at least one budget")
-    require(all(b > 0 for b in budgets), key, f"every budget must be positive, got {budgets}")
-    require(all(a < b for a, b in zip(budgets, budgets[1:])), key, f"must be strictly increasing, got {budgets}")
-
-
 def restart_seed(seed: int, restart: int) -> int:
     """The seed of one restart of an attack: restart 0 keeps the attack's own seed."""
     return seed + 7919 * restart
 
 
 RESTART_SWAP = 0.5  # restarts > 0 of P4D start from the prompt with this share of its free tokens randomised
-
-
-@dataclass
-class CCEParams:
-    images: int  # top-scoring original-model images inverted; paper: 1000
-    candidates: int  # normal-prompt images (one per prompt) ranked by the judge to pick them
-    budgets: list[int]  # textual inversion steps swept; original TI: 3000-5000 (uncertain for CCE)
-    batch_size: int
-    lr: float  # original TI: 0.005 (x batch size; uncertain for CCE)
-    init_words: list[str]  # one-token words new tokens start from: token j of restart k from word (k + j) mod n
-    train_templates: list[str]  # "{token}" marks the new token(s)
-    prompt_templates: list[str]  # attack prompts, cycled to n_prompts
-    token: str = "<cce>"
-    tokens: int = 1  # new tokens learned together (1 to 8): the concept may need more than one
-
-    def validate(self, name: str) -> None:
-        _positive(self, name, "images", "candidates", "batch_size", "lr")
-        check_budgets(self.budgets, f"{name}.budgets")
-        require(1 <= self.tokens <= 8, f"{name}.tokens", f"must be in [1, 8], got {self.tokens}")
-        require(self.candidates >= self.images, f"{name}.candidates", f"must be >= images ({self.images}), got {self.candidates}")
-        require(bool(self.init_words) and all(w.strip() for w in self.init_words), f"{name}.init_words", "must list non-empty words")
-        for key in ("train_templates", "prompt_templates"):
-            templates = getattr(self, key)
-            require(bool(templates), f"{name}.{key}", "must not be empty")
-            bad = [t for t in templates if "{token}" not in t]
-            require(not bad, f"{name}.{key}", f"every template needs '{{token}}', not {bad}")
-
-
-@dataclass
-class P4DParams:
-    tokens: int  # learnable tokens: the normal prompt's first `tokens`; paper: P4D-N 16 (uncertain)
-    budgets: list[int]  # iterations swept; paper: 3000 (uncertain)
-    lr: float  # paper: 0.1, AdamW (uncertain)
-    weight_decay: float = 0.1  # paper: 0.1 (uncertain)
-
-    def validate(self, name: str) -> None:
-        _positive(self, name, "tokens", "lr")
-        check_budgets(self.budgets, f"{name}.budgets")
-        require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be non-negative, got {self.weight_decay}")
-
-
-@dataclass
-class UnlearnDiffParams:
-    prefix_tokens: int  # paper: 5
-    budgets: list[int]  # iterations swept; paper: 40
-    lr: float  # paper: 0.01, AdamW
-    weight_decay: float = 0.1  # paper: 0.1 (uncertain)
-    # One word repeated as restart 0's starting prefix; "" = random tokens (original: random,
-    # uncertain). Restarts > 0 always start from random tokens.
-    prefix_init: str = ""
-
-    def validate(self, name: str) -> None:
-        _positive(self, name, "prefix_tokens", "lr")
-        check_budgets(self.budgets, f"{name}.budgets")
-        require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be non-negative, got {self.weight_decay}")
-
-
-@dataclass
-class RingABellParams:
-    tokens: int  # K; paper: 16 for nudity (uncertain)
-    eta: float  # concept-vector strength; paper: 3 for nudity (uncertain)
-    population: int  # paper: 200 (uncertain)
-    budgets: list[int]  # generations swept; paper: 3000 (uncertain)
-    mutation_rate: float  # per token; paper: 0.25 (uncertain)
-    crossover_rate: float  # paper: 0.5 (uncertain)
-    # Words of the concept in the prompts (name and synonyms) and what they are replaced with
-    # to form the concept-free pair; empty: taken from the world (`world_words`).
-    concept_words: list[str] = field(default_factory=list)
-    neutral_words: list[str] = field(default_factory=list)
-    elite: int = 1  # best individuals kept as they are: the best fitness never drops
-    init_from_prompt: bool = True  # paper: random initial population
-
-    def validate(self, name: str) -> None:
-        _positive(self, name, "tokens", "population", "elite")
-        check_budgets(self.budgets, f"{name}.budgets")
-        require(self.elite < self.population, f"{name}.elite", f"must be below population ({self.population}), got {self.elite}")
-        for key in ("mutation_rate", "crossover_rate"):
-            require(0.0 <= getattr(self, key) <= 1.0, f"{name}.{key}", f"must be in [0, 1], got {getattr(self, key)}")
-        require(bool(self.concept_words) == bool(self.neutral_words), f"{name}.concept_words/neutral_words", "give both, or neither (world words)")
 
 
 def world_words(p: RingABellParams, concept: str, synonyms: dict[str, list[str]]) -> RingABellParams:

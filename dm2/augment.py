@@ -7,24 +7,10 @@ perturbations keeps their verdicts on generated images close to those on renders
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from dm2.config import require
-
-
-@dataclass
-class AugmentParams:
-    shift: float = 0.08  # max translation, as a fraction of the image side
-    blur: float = 1.0  # max gaussian blur sigma in pixels
-    noise: float = 0.05  # max std of additive gaussian noise
-    jitter: float = 0.08  # max per-channel gain change and brightness offset
-
-    def validate(self, name: str) -> None:
-        for key in ("shift", "blur", "noise", "jitter"):
-            require(getattr(self, key) >= 0, f"{name}.{key}", "must be >= 0")
+from dm2.params import AugmentParams
 
 
 def _uniform(n: int, high: float, g: torch.Generator, *shape: int) -> torch.Tensor:

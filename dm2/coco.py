@@ -9,7 +9,6 @@ safetensors file the user converts once (README, "Real models"), and no file is 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 from unittest import mock
@@ -21,22 +20,9 @@ from PIL import Image
 
 from dm2.config import ParamsError, require
 from dm2.io import load_tensors
+from dm2.params import CocoParams
 
 INCEPTION_SIZE = 299
-
-
-@dataclass
-class CocoParams:
-    captions: str  # annotations/captions_val2017.json
-    images: str  # the val2017/ folder of JPEGs
-    inception: str  # pt_inception-2015-12-05 weights as safetensors
-    n: int = 5000  # paper: 5,000 captions, one image each
-
-    def validate(self, name: str) -> None:
-        require(Path(self.captions).is_file(), f"{name}.captions", f"{self.captions} does not exist")
-        require(Path(self.images).is_dir(), f"{name}.images", f"{self.images} is not a folder")
-        require(Path(self.inception).is_file(), f"{name}.inception", f"{self.inception} does not exist")
-        require(self.n > 0, f"{name}.n", f"must be positive, got {self.n}")
 
 
 def coco_pairs(p: CocoParams) -> tuple[list[str], list[Path]]:

@@ -7,6 +7,7 @@ into it and rejects unknown keys and wrong types with a one-line error naming th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -21,15 +22,42 @@ class ParamsError(ValueError):
     """A params.yaml value that a stage cannot use."""
 
 
+class InputError(ValueError):
+    """A file a stage reads that exists but cannot be used (truncated, garbage, wrong kind);
+    the message names the file and what to do."""
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
-    with path.open() as f:
-        data = yaml.safe_load(f)
+    try:
+        with path.open() as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at top level")
     return data
+
+
+def _number(value: Any, key: str, kind: str = "a number") -> int | float:
+    """A finite number however YAML spelled it: PyYAML reads `1e-4` (no dot) as text, so
+    numeric strings are taken as numbers; booleans, NaN and infinities are refused."""
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise ParamsError(f"{key}: expected {kind}, got str {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ParamsError(f"{key}: expected {kind}, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ParamsError(f"{key}: expected a finite number, got {value!r}")
+    return value
 
 
 def _check_type(value: Any, hint: Any, key: str) -> Any:
@@ -66,13 +94,15 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return parse_section(hint, value, key)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
-        return float(value)
+        number = _number(value, key)
+        return float(number)
     if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
-        return value
+        number = _number(value, key, "an integer")
+        if isinstance(number, float):
+            if not number.is_integer():
+                raise ParamsError(f"{key}: expected an integer, got {value!r}")
+            number = int(number)
+        return number
     if hint in (str, bool):
         if not isinstance(value, hint):
             raise ParamsError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")

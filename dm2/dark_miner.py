@@ -9,7 +9,6 @@ them reaches the prompts that name the concept in other words.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -17,111 +16,14 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 
-from dm2.config import require
 from dm2.lora import adapters_disabled
+from dm2.params import CircumventParams, MineParams, StepSchedule
 
-OPTIMIZERS = ("sgd", "adam")
-REPLAYS = ("loop", "epoch")
-MINE_INITS = ("anchor", "concept")
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # free embeddings (N x L x w) -> UNet states
 
 
-@dataclass
-class StepSchedule:
-    """Epochs, learning rate with one drop, gradient-norm clip and optimiser."""
-
-    epochs: int
-    lr: float
-    lr_drop_epoch: int
-    lr_after_drop: float
-    grad_clip: float
-    optimizer: str
-
-    def validate(self, name: str) -> None:
-        require(self.epochs > 0, f"{name}.epochs", f"must be positive, got {self.epochs}")
-        require(self.lr > 0, f"{name}.lr", f"must be positive, got {self.lr}")
-        require(self.lr_after_drop > 0, f"{name}.lr_after_drop", f"must be positive, got {self.lr_after_drop}")
-        require(self.grad_clip > 0, f"{name}.grad_clip", f"must be positive, got {self.grad_clip}")
-        require(self.optimizer in OPTIMIZERS, f"{name}.optimizer", f"{self.optimizer!r} is not one of {list(OPTIMIZERS)}")
-
-    def make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        return torch.optim.SGD(params, lr=self.lr) if self.optimizer == "sgd" else torch.optim.Adam(params, lr=self.lr)
-
-    def lr_at(self, epoch: int) -> float:
-        return self.lr if epoch < self.lr_drop_epoch else self.lr_after_drop
-
-
-@dataclass
-class MineParams(StepSchedule):
-    tokens: int = 32
-    k: int = 3
-    # Bound on every mined token's L2 norm, in units of the largest token-embedding norm of
-    # the text encoder's vocabulary; None: unbounded.
-    norm_bound: float | None = None
-    # What c starts from every loop: the token embeddings of the anchor prompt or of the
-    # concept prompt (the pool's, "a {concept} photo"); the paper does not say.
-    init: str = "anchor"
-    # Embeddings mined per loop, each from its own k pool images; the loop verifies them all
-    # and goes on with the highest s(c). The paper: 1.
-    candidates: int = 1
-
-    def validate(self, name: str) -> None:
-        super().validate(name)
-        require(self.candidates > 0, f"{name}.candidates", f"must be positive, got {self.candidates}")
-        require(self.init in MINE_INITS, f"{name}.init", f"{self.init!r} is not one of {list(MINE_INITS)}")
-        require(self.tokens > 0, f"{name}.tokens", f"must be positive, got {self.tokens}")
-        require(self.k > 0, f"{name}.k", f"must be positive, got {self.k}")
-        if self.norm_bound is not None:
-            require(self.norm_bound > 0, f"{name}.norm_bound", f"must be positive or null, got {self.norm_bound}")
-
-
-@dataclass
-class VerifyParams:
-    tau: float
-    steps: int
-    guidance: float
-    seed: int
-    samples: int = 1  # images x_c from c, one seed each; the paper: 1
-    references: int = 1  # images x_r whose mean CLIP feature is Enc(x_r); the paper: 1
-    # The prompt x_r is generated from: a generic image, so that Enc(x_c) - Enc(x_r) keeps what
-    # c adds to it. The paper: "a photo" (its anchor c0 too); "" draws unconditional images.
-    reference_prompt: str = "a photo"
-
-    def validate(self, name: str) -> None:
-        require(-1.0 <= self.tau <= 1.0, f"{name}.tau", f"must be in [-1, 1] (a cosine), got {self.tau}")
-        require(self.steps > 0, f"{name}.steps", f"must be positive, got {self.steps}")
-        require(self.samples > 0, f"{name}.samples", f"must be positive, got {self.samples}")
-        require(self.references > 0, f"{name}.references", f"must be positive, got {self.references}")
-        require(isinstance(self.reference_prompt, str), f"{name}.reference_prompt", f"must be a prompt (a string), got {self.reference_prompt!r}")
-
-
-@dataclass
-class CircumventParams(StepSchedule):
-    r: float = 0.7
-    alpha_c: float = 1.0
-    alpha_p: float = 0.5
-    anchor: str = "a photo"
-    steps: int = 25
-    guidance: float = 7.5
-    images: int = 1  # images x generated from the chosen c (one seed each); the paper: 1
-    # When r is drawn: "loop" (the paper) picks one embedding for the whole circumventing
-    # step; "epoch" draws again every epoch, so earlier embeddings stay erased.
-    replay: str = "loop"
-    # Prompts whose predictions l_p also keeps, each on `preserve_images` images the original
-    # model made from it; the paper keeps only c0, 0*c and -c, on the concept images x.
-    preserve: list[str] = field(default_factory=list)
-    preserve_images: int = 2
-
-    def validate(self, name: str) -> None:
-        super().validate(name)
-        require(self.preserve_images > 0, f"{name}.preserve_images", f"must be positive, got {self.preserve_images}")
-        require(all(isinstance(q, str) and q.strip() for q in self.preserve), f"{name}.preserve", "must be a list of non-empty prompts")
-        require(self.images > 0, f"{name}.images", f"must be positive, got {self.images}")
-        require(self.replay in REPLAYS, f"{name}.replay", f"{self.replay!r} is not one of {list(REPLAYS)}")
-        require(0.0 <= self.r <= 1.0, f"{name}.r", f"must be in [0, 1] (a probability), got {self.r}")
-        require(self.alpha_c >= 0 and self.alpha_p >= 0, f"{name}.alpha_c/alpha_p", "must be non-negative")
-        require(bool(self.anchor.strip()), f"{name}.anchor", "must be a non-empty prompt")
-        require(self.steps > 0, f"{name}.steps", f"must be positive, got {self.steps}")
+def make_optimizer(p: StepSchedule, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=p.lr) if p.optimizer == "sgd" else torch.optim.Adam(params, lr=p.lr)
 
 
 def _noised(scheduler: DDIMScheduler, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -165,7 +67,7 @@ def mine(
     denoises the k sampled pool images best: the text most likely to produce them.
     With `max_norm`, every token is projected back into that L2 ball after each step."""
     c = init.detach().clone().requires_grad_(True)
-    opt = p.make_optimizer([c])
+    opt = make_optimizer(p, [c])
     losses = []
     for epoch in tqdm(range(p.epochs), desc=what, leave=False, mininterval=2):
         loss = mining_loss(unet, scheduler, pool_latents, c, encode, g)
@@ -246,7 +148,7 @@ def circumvent(
     the latents x the original model generated from it (made once by the caller) and its
     states from `circumvent_states`; with several, every epoch trains on one of them,
     picked by `pick_target` (the first is this loop's). `keep`: see `circumvent_losses`."""
-    opt = p.make_optimizer(lora_params)
+    opt = make_optimizer(p, lora_params)
     l_cs, l_ps = [], []
     for epoch in tqdm(range(p.epochs), desc=what, leave=False, mininterval=2):
         x0, states = targets[pick_target(len(targets), p.r, g)]

@@ -7,9 +7,17 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextModel
 from transformers.masking_utils import create_causal_mask
+
+from dm2.config import InputError
+from dm2.params import is_local_path
 
 
 class Guide(Protocol):
@@ -26,12 +34,17 @@ class Guide(Protocol):
 def load_pipeline(model: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
     """A local pipeline folder (the shipped world) or a hub id such as
     `CompVis/stable-diffusion-v1-4` (needs the weights in the local HF cache or network)."""
-    looks_local = model.startswith((".", "/")) or Path(model).parts[:1] == ("artifacts",)
-    if looks_local and not (Path(model) / "model_index.json").is_file():
-        raise FileNotFoundError(f"models.diffusion: {model} is not a diffusers pipeline folder (no model_index.json)")
-    pipe = StableDiffusionPipeline.from_pretrained(
-        model, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False
-    )
+    if is_local_path(model):
+        folder = Path(model).expanduser().resolve()
+        if not (folder / "model_index.json").is_file():
+            raise FileNotFoundError(f"models.diffusion: {model} is not a diffusers pipeline folder (no model_index.json)")
+        model = str(folder)  # an absolute path is never taken for a hub id
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            model, torch_dtype=dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False
+        )
+    except (OSError, EnvironmentError) as e:  # diffusers' word for missing or pickle-only weights
+        raise InputError(f"models.diffusion: {model}: {' '.join(str(e).split())[:300]} (weights load as safetensors only)") from None
     # DDIM with SD's schedule everywhere: the paper leaves the sampler open.
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

@@ -8,38 +8,22 @@ cross-attention projections, ESD-u everything else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from tqdm import tqdm
 
-from dm2.config import require
 from dm2.diffusion import encode_prompts
-from dm2.lora import CROSS_ATTENTION, NON_CROSS_ATTENTION, Targets, adapters_disabled, add_lora
+from dm2.lora import (
+    CROSS_ATTENTION,
+    NON_CROSS_ATTENTION,
+    Targets,
+    adapters_disabled,
+    add_lora,
+)
+from dm2.params import ESDParams
 
 VARIANTS: dict[str, Targets] = {"x": CROSS_ATTENTION, "u": NON_CROSS_ATTENTION}
-
-
-@dataclass
-class ESDParams:
-    variant: str = "x"  # x: cross-attention only (ESD-x); u: all but cross-attention (ESD-u)
-    iterations: int = 1000  # paper: 1000
-    lr: float = 1e-4  # paper: 1e-5 for the full fine-tune; a LoRA needs a larger step
-    eta: float = 1.0  # negative guidance (paper: 1.0)
-    ddim_steps: int = 50  # paper: 50
-    sample_guidance: float = 3.0  # guidance of the sampler making x_t (ESD's start_guidance)
-    lora_rank: int = 4
-    seed: int = 0
-
-    def validate(self, name: str) -> None:
-        require(self.variant in VARIANTS, f"{name}.variant", f"{self.variant!r} is not one of {list(VARIANTS)}")
-        require(self.iterations > 0, f"{name}.iterations", f"must be positive, got {self.iterations}")
-        require(self.lr > 0, f"{name}.lr", f"must be positive, got {self.lr}")
-        require(self.eta >= 0, f"{name}.eta", f"must be non-negative, got {self.eta}")
-        require(self.ddim_steps > 0, f"{name}.ddim_steps", f"must be positive, got {self.ddim_steps}")
-        require(self.lora_rank > 0, f"{name}.lora_rank", f"must be positive, got {self.lora_rank}")
 
 
 def seeded_lora(unet: UNet2DConditionModel, rank: int, targets: Targets, seed: int) -> list[torch.nn.Parameter]:

@@ -22,36 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from dm2.config import require
-from dm2.world import BACKGROUNDS, EMPTY, Sample, WorldSpec, render
+from dm2.params import HardRanges
+from dm2.world import BACKGROUNDS, EMPTY, IMAGE_SIZE, Sample, WorldSpec, render
 
-IMAGE_SIZE = 32
 # The world renderer draws a shape about 0.58 canvas sides across (radius 0.24-0.34 of
 # the side, and the drawers extend it by up to 1.25x), so a canvas of 10 px gives ~6 px.
 DIAMETER_PER_CANVAS = 0.58
 # Hard renders never share a seed with the world's train / held-out images, nor with each other.
 HARD_TRAIN_SEED_OFFSET = 2_000_029
 HARD_HELDOUT_SEED_OFFSET = 3_000_017
-
-
-@dataclass(frozen=True)
-class HardRanges:
-    """How hard the renders get; each image draws uniformly inside every range."""
-
-    contrast: tuple[float, float] = (0.25, 1.0)  # fraction of the world's shape-to-background colour distance
-    canvas: tuple[int, int] = (10, 32)  # side of the canvas the shape is drawn on (10 px: ~6 px across)
-    blur: tuple[float, float] = (0.0, 1.5)  # gaussian sigma, pixels
-    noise: tuple[float, float] = (0.0, 0.08)  # std of additive gaussian noise, images in [0, 1]
-    empty_fraction: float = 0.15  # background-only images (with the same blur and noise)
-
-    def validate(self, name: str) -> None:
-        for key in ("contrast", "canvas", "blur", "noise"):
-            pair = getattr(self, key)
-            require(len(pair) == 2, f"{name}.{key}", f"must be a [low, high] pair, got {list(pair)}")
-            low, high = pair
-            require(0 <= low <= high, f"{name}.{key}", f"must be an increasing pair of non-negative numbers, got {[low, high]}")
-        require(self.contrast[1] <= 1.0, f"{name}.contrast", "must not exceed 1")
-        require(4 <= self.canvas[0] and self.canvas[1] <= IMAGE_SIZE, f"{name}.canvas", f"must lie in [4, {IMAGE_SIZE}]")
-        require(0 <= self.empty_fraction < 1, f"{name}.empty_fraction", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

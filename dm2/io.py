@@ -12,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+from dm2.config import InputError
 
 
 def _atomic_target(path: Path) -> tuple[int, str]:
@@ -53,18 +56,30 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
             os.unlink(tmp)
 
 
+def _unreadable(path: Path, error: Exception) -> InputError:
+    reason = " ".join(str(error).split()) or type(error).__name__
+    return InputError(f"{path}: not a readable safetensors file ({reason}); restore it or rerun the stage that writes it")
+
+
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise _unreadable(path, e) from None
 
 
 def write_json(data: Any, path: str | Path) -> None:
@@ -80,7 +95,10 @@ def read_json(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e}); restore it or rerun the stage that writes it") from None
 
 
 def fingerprint(*sections: Any, data: torch.Tensor | None = None) -> str:

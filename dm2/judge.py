@@ -15,8 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dm2.config import InputError
 from dm2.io import read_metadata
-from dm2.models import ModelsParams
+from dm2.params import ModelsParams
 from dm2.weights import load_float32, save_float16
 
 WORLD_IMAGE_SIZE = 32
@@ -132,6 +133,8 @@ def load_judge(kind: str, path: str, key: str = "models.judge") -> Judge:
         raise ImportError(f"{key}: the {kind!r} judge needs a package that is not installed ({e})") from None
     except FileNotFoundError as e:
         raise FileNotFoundError(f"{key}_path: {e}; train or fetch the {kind!r} judge first") from None
+    except InputError as e:
+        raise InputError(f"{key}_path: {e}") from None
 
 
 def load_judges(models: ModelsParams) -> dict[str, Judge]:

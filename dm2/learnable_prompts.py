@@ -15,7 +15,6 @@ At inference the sanitized model (the LoRA) is used without p.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -23,39 +22,10 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from tqdm import tqdm
 
-from dm2.config import require
 from dm2.diffusion import encode_prompts
 from dm2.esd import VARIANTS, check_finite, seeded_lora, training_latent
 from dm2.lora import adapters_disabled
-
-MODES = ("concat", "additive")
-
-
-@dataclass
-class LearnablePromptParams:
-    mode: str = "concat"  # how p enters cross-attention (slides: concat by default, or additive)
-    tokens: int = 10  # k, p's length in concat mode (slides' ablation: k = 10 is the default row)
-    lam: float = 0.1  # lambda of eq. 8 (slides: larger keeps more in p, preserves more, erases less)
-    anchor: str = ""  # c_n, the neutral prompt (slides: "A photo" or " ")
-    iterations: int = 1000  # as ESD, whose training loop the method builds on
-    lr: float = 1e-4  # model update (eta), Adam on the LoRA
-    prompt_lr: float = 1e-3  # prompt update (eta_p); one Adam step per iteration, so its size
-    # does not hang on the MSE's scale (eq. 7 writes a plain gradient step)
-    variant: str = "x"  # the model update's LoRA: x cross-attention projections, u the rest (as ESD)
-    ddim_steps: int = 50  # x_t as in ESD: the original model's DDIM stopped at a random step
-    sample_guidance: float = 3.0
-    lora_rank: int = 4
-    seed: int = 0
-
-    def validate(self, name: str) -> None:
-        require(self.mode in MODES, f"{name}.mode", f"{self.mode!r} is not one of {list(MODES)}")
-        require(self.tokens > 0, f"{name}.tokens", f"must be positive, got {self.tokens}")
-        require(self.lam >= 0, f"{name}.lam", f"must be non-negative, got {self.lam}")
-        require(self.iterations > 0, f"{name}.iterations", f"must be positive, got {self.iterations}")
-        require(self.lr > 0 and self.prompt_lr > 0, f"{name}.lr/prompt_lr", "must be positive")
-        require(self.variant in VARIANTS, f"{name}.variant", f"{self.variant!r} is not one of {list(VARIANTS)}")
-        require(self.ddim_steps > 0, f"{name}.ddim_steps", f"must be positive, got {self.ddim_steps}")
-        require(self.lora_rank > 0, f"{name}.lora_rank", f"must be positive, got {self.lora_rank}")
+from dm2.params import LearnablePromptParams
 
 
 class PromptSlot:

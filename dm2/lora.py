@@ -16,7 +16,6 @@ from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
-
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
 Targets = tuple[str, ...] | str  # module-name suffixes, or one peft regex (full match)

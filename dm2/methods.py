@@ -20,23 +20,11 @@ from dm2.config import parse_section, require
 from dm2.diffusion import Guide
 from dm2.io import read_json, write_json
 from dm2.lora import LORA_FILE, load_lora_into
-from dm2.sld import SLDParams, safety_guidance
+from dm2.params import LABELS, SLDParams, check_method
+from dm2.sld import safety_guidance
 
-LABELS = {
-    "dm2": "DM2",
-    "esd_x": "ESD-x",
-    "esd_u": "ESD-u",
-    "uce": "UCE",
-    "learnable_prompts": "Learnable prompts",
-    "sld": "SLD",
-}
-METHODS = tuple(LABELS)
 METHODS_DIR = Path("artifacts/methods")
 INFO_FILE = "method.json"
-
-
-def check_method(name: str, key: str = "method") -> None:
-    require(name in METHODS, key, f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
 
 
 def method_dir(name: str) -> Path:

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from scipy import linalg
 
+from dm2.params import KINDS
+
 # How Score averages the judge's scores, by concept kind (METHOD.md, "Evaluation protocol"):
 # inappropriate concepts (nudity, violence) average over all images; objects and styles
 # over the images classified as the concept only.
-KINDS = ("inappropriate", "object")
 FD_EPS = 1e-6  # added to both covariances when their product is singular
 
 

@@ -5,42 +5,11 @@ prompt's prediction leans towards the concept."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-from dm2.config import require
 from dm2.diffusion import encode_prompts
-
-
-@dataclass
-class SLDParams:
-    """SLD hyper-parameters; the defaults are SLD-Strong, the baseline of the Dark Miner
-    paper (Section 4.1). The paper's presets (also diffusers' `SafetyConfig`):
-
-    | preset | guidance_scale | warmup_steps | threshold | momentum_scale | mom_beta |
-    | weak   | 20             | 15           | 0.0       | 0.0            | 0.0      |
-    | medium | 1000           | 10           | 0.01      | 0.3            | 0.4      |
-    | strong | 2000           | 7            | 0.025     | 0.5            | 0.7      |
-    | max    | 5000           | 0            | 1.0       | 0.5            | 0.7      |
-
-    Warm-up counts steps of our sampler, which runs fewer steps than SD's 50 on the
-    shapes world, so a preset steers over a larger share of the trajectory there.
-    """
-
-    guidance_scale: float = 2000.0  # s_S: scale of |eps_p - eps_S|, clamped to 1 per element
-    warmup_steps: int = 7  # delta: steps before the safety term is applied (momentum builds)
-    threshold: float = 0.025  # lambda: elements with eps_p - eps_S >= lambda are left alone
-    momentum_scale: float = 0.5  # s_m
-    mom_beta: float = 0.7  # beta_m: share of the previous momentum kept
-
-    def validate(self, name: str) -> None:
-        require(self.guidance_scale >= 0, f"{name}.guidance_scale", f"must be >= 0, got {self.guidance_scale}")
-        require(self.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        require(self.momentum_scale >= 0, f"{name}.momentum_scale", f"must be >= 0, got {self.momentum_scale}")
-        require(0 <= self.mom_beta < 1, f"{name}.mom_beta", f"must be in [0, 1), got {self.mom_beta}")
-
+from dm2.params import SLDParams
 
 SLD_PRESETS: dict[str, SLDParams] = {
     "weak": SLDParams(20.0, 15, 0.0, 0.0, 0.0),

@@ -4,58 +4,16 @@ train / held-out splits, and a seeded minibatch loop that refuses NaN losses."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from dm2.config import ParamsError, require
-from dm2.world import DEFAULT_SYNONYMS, Sample, WorldSpec, sample_world
+from dm2.params import TrainParams, WorldParams
+from dm2.world import Sample, sample_world
 
 HELDOUT_SEED_OFFSET = 1_000_003  # held-out images never share a seed with training ones
-
-
-@dataclass
-class WorldParams:
-    seed: int = 0
-    train_images: int = 20000
-    heldout_images: int = 2000
-    synonyms: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_SYNONYMS.items()})
-    colours: list[str] = field(default_factory=list)
-    backgrounds: list[str] = field(default_factory=list)
-    textures: list[str] = field(default_factory=list)
-    empty_fraction: float = 0.0  # share of background-only images captioned "a photo" etc.
-
-    def validate(self, name: str) -> None:
-        require(self.train_images > 0, f"{name}.train_images", "must be positive")
-        require(self.heldout_images > 0, f"{name}.heldout_images", "must be positive")
-        try:
-            self.spec()
-        except ValueError as e:
-            raise ParamsError(str(e)) from None
-
-    def spec(self) -> WorldSpec:
-        return WorldSpec(
-            synonyms={k: tuple(v) for k, v in self.synonyms.items()},
-            colours=tuple(self.colours),
-            backgrounds=tuple(self.backgrounds),
-            textures=tuple(self.textures),
-            empty_fraction=self.empty_fraction,
-        )
-
-
-@dataclass
-class TrainParams:
-    steps: int
-    batch_size: int
-    lr: float
-
-    def validate(self, name: str) -> None:
-        require(self.steps > 0, f"{name}.steps", "must be positive")
-        require(self.batch_size > 0, f"{name}.batch_size", "must be positive")
-        require(self.lr > 0, f"{name}.lr", "must be positive")
 
 
 def world_split(world: WorldParams, split: str) -> tuple[torch.Tensor, list[Sample]]:

@@ -12,29 +12,15 @@ like the other erasure LoRAs and the original stays reachable with adapters disa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from diffusers import StableDiffusionPipeline
 from peft.tuners.lora import LoraLayer
 
-from dm2.config import require
 from dm2.diffusion import encode_prompts
 from dm2.lora import CROSS_ATTENTION_KV, add_lora
+from dm2.params import UCEParams
 
 RANK_RTOL = 1e-6  # singular values below this fraction of the largest count as zero
-
-
-@dataclass
-class UCEParams:
-    anchor: str = ""  # c*: what the concept's tokens are mapped to (UCE erases to "")
-    preserve: list[str] = field(default_factory=list)  # prompts whose k / v must not move
-    lam: float = 0.1  # lambda: pull towards the original W on every direction
-    lora_rank: int | None = None  # None: the exact rank of the largest delta
-
-    def validate(self, name: str) -> None:
-        require(self.lam > 0, f"{name}.lam", f"must be positive (it keeps the inverse defined), got {self.lam}")
-        require(self.lora_rank is None or self.lora_rank > 0, f"{name}.lora_rank", f"must be positive or null, got {self.lora_rank}")
 
 
 def uce_delta(w: torch.Tensor, c: torch.Tensor, c_star: torch.Tensor, c_keep: torch.Tensor, lam: float) -> torch.Tensor:

@@ -36,6 +36,7 @@ TEXTURE_WORDS: dict[str, tuple[str, ...]] = {
     "striped": ("striped",),
     "dotted": ("dotted", "spotted"),
 }
+IMAGE_SIZE = 32  # side of every world image, pixels
 DEFAULT_SYNONYMS: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "ball", "disk"),
     "square": ("square", "box", "block"),

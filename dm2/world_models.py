@@ -3,7 +3,12 @@ noise schedule at a size that trains on a CPU (32x32 images, 8x8x4 latents)."""
 
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from dm2.tokenizer import MAX_LENGTH, build_clip_tokenizer

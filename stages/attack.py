@@ -1,7 +1,7 @@
 """Stages attack_base and attack: Attack Success Rate of the four attacks at full strength.
 
-    python -m stages.attack base    # stage attack_base: the base model's side, once
-    python -m stages.attack         # stage attack: the `method` param's erased model
+    python -m stages attack base    # stage attack_base: the base model's side, once
+    python -m stages attack         # stage attack: the `method` param's erased model
 
 Every attack (CCE, P4D, UnlearnDiff, Ring-A-Bell) is swept over its budgets with
 `attacks.restarts` restarts, on the base model and then on the erased model of the
@@ -42,8 +42,9 @@ from dm2.diffusion import load_pipeline
 from dm2.grid import image_grid
 from dm2.io import load_tensors, read_json, save_tensors, write_json
 from dm2.judge import load_judges
-from dm2.methods import apply_method, check_method, method_dir, method_label
+from dm2.methods import apply_method, method_dir, method_label
 from dm2.models import resolve_device
+from dm2.params import check_method
 from dm2.prompts import read_prompts
 
 PROMPTS_DIR = Path("data/prompts")

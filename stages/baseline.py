@@ -1,7 +1,7 @@
 """Stage baseline: one of the methods DM2 is compared with, trained from the concept's
 name only (as they are in the paper), into `artifacts/methods/{method}/`.
 
-    python -m stages.baseline esd_x     # esd_x | esd_u | uce | learnable_prompts | sld
+    python -m stages baseline esd_x     # esd_x | esd_u | uce | learnable_prompts | sld
 
 - ESD-x / ESD-u (Gandikota et al. 2023): LoRA on the cross-attention / the other layers,
   pulled to the original model's negatively guided prediction for the concept's name;
@@ -15,34 +15,23 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
 
-from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section, require
 from dm2.diffusion import load_pipeline
-from dm2.esd import ESDParams, esd
+from dm2.esd import esd
 from dm2.io import write_json
-from dm2.learnable_prompts import LearnablePromptParams, learnable_prompts
+from dm2.learnable_prompts import learnable_prompts
 from dm2.lora import save_lora
-from dm2.methods import METHODS, method_dir, write_method_info, write_sld_info
-from dm2.models import ModelsParams, resolve_device
-from dm2.sld import SLDParams
-from dm2.uce import UCEParams, uce
+from dm2.methods import method_dir, write_method_info, write_sld_info
+from dm2.models import resolve_device
+from dm2.params import METHODS, BaselinesParams, ConceptParams, ModelsParams
+from dm2.uce import uce
 
 BASELINES = tuple(m for m in METHODS if m != "dm2")
-
-
-@dataclass
-class BaselinesParams:
-    """The `baselines` section: one sub-section per method (ESD's serves both variants)."""
-
-    esd: ESDParams
-    uce: UCEParams
-    learnable_prompts: LearnablePromptParams
-    sld: SLDParams = field(default_factory=SLDParams)
 
 
 def train_baseline(pipe: StableDiffusionPipeline, method: str, concept: str, p: BaselinesParams, out_dir: Path) -> dict:
@@ -67,7 +56,7 @@ def train_baseline(pipe: StableDiffusionPipeline, method: str, concept: str, p: 
 
 def main() -> None:
     if len(sys.argv) != 2:
-        raise SystemExit(f"usage: python -m stages.baseline METHOD  (one of {', '.join(BASELINES)})")
+        raise SystemExit(f"usage: python -m stages baseline METHOD  (one of {', '.join(BASELINES)})")
     method = sys.argv[1]
     require(method in BASELINES, "method", f"unknown baseline {method!r}; known: {', '.join(BASELINES)}")
     params = load_params()

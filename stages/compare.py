@@ -1,7 +1,7 @@
 """Stage compare: one more erased model measured exactly as the `evaluate` and `attack`
 stages measure the `method` param's, for the comparison table (paper Table 1).
 
-    python -m stages.compare esd_x     # any method with a folder under artifacts/methods
+    python -m stages compare esd_x     # any method with a folder under artifacts/methods
 
 Same prompts, seeds, judges and attack settings; only the erased side is measured here:
 the base model's figures come from `metrics/eval.json` and `metrics/attacks.json`, and the
@@ -21,16 +21,30 @@ from typing import Callable
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dm2.attack_runs import BASE_INPUTS, AttackInputs, AttacksParams, attack_settings, load_inputs, sweep_model
+from dm2.attack_runs import (
+    BASE_INPUTS,
+    AttackInputs,
+    attack_settings,
+    load_inputs,
+    sweep_model,
+)
 from dm2.clip import ClipModel, load_clip
 from dm2.config import load_params, parse_section
 from dm2.diffusion import load_pipeline
-from dm2.io import fingerprint, load_tensors, read_json, read_metadata, save_tensors, write_json
+from dm2.io import (
+    fingerprint,
+    load_tensors,
+    read_json,
+    read_metadata,
+    save_tensors,
+    write_json,
+)
 from dm2.judge import Judge, load_judges
-from dm2.methods import INFO_FILE, apply_method, check_method, method_dir
+from dm2.methods import INFO_FILE, apply_method, method_dir
 from dm2.models import resolve_device
-from dm2.training import WorldParams
-from stages.evaluate import EvalSet, EvaluateParams, load_eval_set, measure
+from dm2.params import AttacksParams, EvaluateParams, WorldParams, check_method
+from dm2.provenance import code_version, weights_hash
+from stages.evaluate import EvalSet, load_eval_set, measure
 
 METRICS_DIR = Path("metrics/compare")
 OUT_DIR = Path("artifacts/compare")
@@ -76,20 +90,22 @@ def compare_method(
 
 def main() -> None:
     if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m stages.compare METHOD")
+        raise SystemExit("usage: python -m stages compare METHOD")
     method = sys.argv[1]
     check_method(method)
     params = load_params()
     world = parse_section(WorldParams, params["world"], "world")
     models, concept, ap, key = attack_settings(params)
     ep = parse_section(EvaluateParams, params["evaluate"], "evaluate")
-    # What the kept evaluation depends on: the method's weights (method.json changes with them) and settings.
-    eval_key = fingerprint(concept.name, world, models, ep, read_json(method_dir(method) / INFO_FILE))
     device = resolve_device(params.get("device", "auto"))
     judges = load_judges(models)
     data = load_eval_set(concept.name, world, ep, judges[models.judge], device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
     pipe = load_pipeline(models.diffusion, device)
+    # What the kept evaluation depends on: settings, the method's weights (method.json changes
+    # with them), the base model's and CLIP's weights, and the code.
+    made_by = {"diffusion": weights_hash(pipe.unet, pipe.vae, pipe.text_encoder), "clip": weights_hash(clip.model), "code": code_version("stages.compare")}
+    eval_key = fingerprint(concept.name, world, models, ep, read_json(method_dir(method) / INFO_FILE), made_by)
     # The attacks' inputs are read after the evaluation: under dvc, attack_base has made them.
     metrics, images = compare_method(
         pipe, method_dir(method), judges, clip, data, concept.name, ep, lambda: load_inputs(BASE_INPUTS, key), ap, OUT_DIR / method, eval_key

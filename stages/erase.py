@@ -19,35 +19,48 @@ from diffusers import StableDiffusionPipeline
 from tqdm import tqdm
 
 from dm2.clip import ClipModel, load_clip
-from dm2.concept import ConceptParams
 from dm2.config import load_params, parse_section, require
-from dm2.dark_miner import CircumventParams, MineParams, VerifyParams, circumvent, circumvent_states, delta_cosine, mine, pick_target
-from dm2.diffusion import encode_prompts, free_embedding_states, generate, generate_latents, load_pipeline, prompt_token_embeddings
+from dm2.dark_miner import (
+    circumvent,
+    circumvent_states,
+    delta_cosine,
+    mine,
+    pick_target,
+)
+from dm2.diffusion import (
+    encode_prompts,
+    free_embedding_states,
+    generate,
+    generate_latents,
+    load_pipeline,
+    prompt_token_embeddings,
+)
 from dm2.io import fingerprint, load_tensors, read_metadata, save_tensors, write_json
-from dm2.lora import add_lora, adapters_disabled, frozen, lora_state, restore_lora, save_lora
+from dm2.lora import (
+    adapters_disabled,
+    add_lora,
+    frozen,
+    lora_state,
+    restore_lora,
+    save_lora,
+)
 from dm2.methods import method_dir, write_method_info
-from dm2.models import ModelsParams, resolve_device
+from dm2.models import resolve_device
+from dm2.params import (
+    CircumventParams,
+    ConceptParams,
+    EraseParams,
+    MineParams,
+    ModelsParams,
+    VerifyParams,
+)
+from dm2.provenance import code_version, weights_hash
 
 POOL_FILE = Path("data/pool/latents.safetensors")
 OUT_DIR = method_dir("dm2")
 METRICS = Path("metrics/erase.json")
 PLOT = Path("plots/erase_s.json")
 CHECKPOINT = "checkpoint.safetensors"
-
-
-@dataclass
-class EraseParams:
-    max_loops: int
-    lora_rank: int = 8
-    seed: int = 0
-    # CPU threads torch uses: float reductions (and so the whole loop's trajectory) depend
-    # on the count, so a fixed count gives the same LoRA on every machine.
-    cpu_threads: int = 1
-
-    def validate(self, name: str) -> None:
-        require(self.max_loops > 0, f"{name}.max_loops", f"must be positive, got {self.max_loops}")
-        require(self.lora_rank > 0, f"{name}.lora_rank", f"must be positive, got {self.lora_rank}")
-        require(self.cpu_threads > 0, f"{name}.cpu_threads", f"must be positive, got {self.cpu_threads}")
 
 
 @dataclass
@@ -74,15 +87,20 @@ def save_checkpoint(state: EraseState, unet: torch.nn.Module, out_dir: Path) -> 
 
 
 def load_checkpoint(out_dir: Path, expected: str, unet: torch.nn.Module) -> EraseState | None:
-    """The saved state if it belongs to this run (same fingerprint), else None."""
+    """The saved state if it belongs to this run (same fingerprint: params, pool, weights and
+    code), else None; an unreadable checkpoint is reported and set aside the same way."""
     path = out_dir / CHECKPOINT
     if not path.is_file():
         return None
-    meta = read_metadata(path)
-    if meta.get("fingerprint") != expected:
-        print(f"erase: {path} is from other settings; starting afresh")
+    try:
+        meta = read_metadata(path)
+        if meta.get("fingerprint") != expected:
+            print(f"erase: {path} was made by other params, pool, weights or code; starting afresh")
+            return None
+        tensors = load_tensors(path)
+    except ValueError as e:  # dm2.io names the file and the fault
+        print(f"erase: {e}; starting afresh")
         return None
-    tensors = load_tensors(path)
     state = EraseState(expected, log=json.loads(meta["log"]), stop=meta["stop"])
     state.embeddings = [tensors[f"c_{i:03d}"] for i in range(len(state.log))]
     state.originals = {i: tensors[f"x_{i:03d}"] for i in state.verified}
@@ -201,6 +219,15 @@ def erase(
     return state
 
 
+def read_pool(path: Path, prompt: str) -> dict[str, torch.Tensor]:
+    """The image pool, refused unless it holds images of `prompt` (the concept's)."""
+    pool = load_tensors(path)
+    require(pool["latents"].shape[0] > 0, str(path), "the image pool is empty; run the pool stage")
+    made_from = read_metadata(path).get("prompt")
+    require(made_from == prompt, str(path), f"was made from {made_from!r}, not {prompt!r}; run the pool stage")
+    return pool
+
+
 def main() -> None:
     params = load_params()
     models = parse_section(ModelsParams, params["models"], "models")
@@ -211,11 +238,12 @@ def main() -> None:
     cp = parse_section(CircumventParams, params["circumvent"], "circumvent")
     device = resolve_device(params.get("device", "auto"))
     torch.set_num_threads(e.cpu_threads)
-    pool = load_tensors(POOL_FILE)
-    require(pool["latents"].shape[0] > 0, str(POOL_FILE), "the image pool is empty; run the pool stage")
+    pool = read_pool(POOL_FILE, concept.prompt)
     pipe = load_pipeline(models.diffusion, device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
-    run_id = fingerprint(models, concept, e, m, v, cp, data=pool["latents"])
+    # What the checkpoint may be resumed by: the same params, pool, weights and code.
+    made_by = {"diffusion": weights_hash(pipe.unet, pipe.vae, pipe.text_encoder), "clip": weights_hash(clip.model), "code": code_version("stages.erase")}
+    run_id = fingerprint(models, concept, e, m, v, cp, made_by, data=pool["latents"])
     state = erase(pipe, clip, pool["latents"].to(device), pool["images"].to(device), e, m, v, cp, OUT_DIR, run_id, concept.prompt)
     write_json(
         {

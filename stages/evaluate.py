@@ -8,7 +8,7 @@
   FID Inception network's features against the COCO images;
 - image grids: base row vs erased row, same seeds.
 
-The base model's side is measured once (`python -m stages.evaluate base`, stage
+The base model's side is measured once (`python -m stages evaluate base`, stage
 evaluate_base) and reused for every erased model while its settings stay the same.
 """
 
@@ -25,18 +25,31 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from dm2.clip import ClipModel, clip_score, load_clip
-from dm2.coco import CocoParams, coco_pairs, fid_network, inception_features, load_images
-from dm2.concept import ConceptParams
+from dm2.coco import coco_pairs, fid_network, inception_features, load_images
 from dm2.config import load_params, parse_section, require
 from dm2.diffusion import Guide, encode_prompts, generate, load_pipeline
 from dm2.grid import image_grid
-from dm2.io import fingerprint, load_tensors, read_json, read_metadata, save_tensors, write_json
+from dm2.io import (
+    fingerprint,
+    load_tensors,
+    read_json,
+    read_metadata,
+    save_tensors,
+    write_json,
+)
 from dm2.judge import Judge, judge_concept, load_judges
-from dm2.methods import apply_method, check_method, method_dir, method_label
-from dm2.metrics import KINDS, erasure_ratio_score, frechet_distance
-from dm2.models import ModelsParams, resolve_device
+from dm2.methods import apply_method, method_dir, method_label
+from dm2.metrics import erasure_ratio_score, frechet_distance
+from dm2.models import resolve_device
+from dm2.params import (
+    ConceptParams,
+    EvaluateParams,
+    ModelsParams,
+    WorldParams,
+    check_method,
+)
 from dm2.prompts import read_prompts
-from dm2.training import WorldParams, world_split
+from dm2.training import world_split
 from dm2.world import EMPTY
 
 PROMPTS_DIR = Path("data/prompts")
@@ -46,25 +59,6 @@ IMAGES = Path("artifacts/eval/concept_images.safetensors")  # grid rows, for the
 # The base model is measured once (stage evaluate_base), not again for every erased model.
 BASE_METRICS = Path("artifacts/eval_base/metrics.json")
 BASE_IMAGES = Path("artifacts/eval_base/grid_rows.safetensors")
-
-
-@dataclass
-class EvaluateParams:
-    images_per_prompt: int  # paper: 10
-    n_prompts: int  # normal prompts used, from the top of the CSV
-    n_other: int
-    n_heldout: int  # held-out world captions; with `coco`, coco.n is used (paper: 5,000)
-    steps: int
-    guidance: float
-    seed: int
-    kind: str  # "object" (shapes, objects, styles) or "inappropriate" (nudity, violence)
-    grid_images: int = 8
-    coco: CocoParams | None = None  # real models: COCO-2017 val captions / images and FID (replaces the world's held-out set)
-
-    def validate(self, name: str) -> None:
-        for key in ("images_per_prompt", "n_prompts", "n_other", "n_heldout", "steps", "grid_images"):
-            require(getattr(self, key) > 0, f"{name}.{key}", f"must be positive, got {getattr(self, key)}")
-        require(self.kind in KINDS, f"{name}.kind", f"{self.kind!r} is not one of {list(KINDS)}")
 
 
 @dataclass
@@ -199,7 +193,7 @@ def save_base(base: tuple[dict[str, float], dict[str, torch.Tensor]], seconds: f
 
 
 def load_base(key: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """The base model's results saved by `python -m stages.evaluate base` with the same settings."""
+    """The base model's results saved by `python -m stages evaluate base` with the same settings."""
     for path in (BASE_METRICS, BASE_IMAGES):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run `dvc repro evaluate_base` first")
@@ -210,8 +204,8 @@ def load_base(key: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
 
 
 def main() -> None:
-    """`python -m stages.evaluate base`: the base model, once (stage evaluate_base);
-    `python -m stages.evaluate`: the `method` param's erased model beside it."""
+    """`python -m stages evaluate base`: the base model, once (stage evaluate_base);
+    `python -m stages evaluate`: the `method` param's erased model beside it."""
     which = sys.argv[1] if len(sys.argv) > 1 else "erased"
     require(which in ("base", "erased"), "stages.evaluate", f"unknown argument {which!r}; use `base` or none")
     params = load_params()

@@ -4,7 +4,6 @@ Writes PNGs to look at and the sampled latents (safetensors), so mining never re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +11,18 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from dm2.concept import ConceptParams
-from dm2.config import load_params, parse_section, require
-from dm2.diffusion import encode_prompts, generate_latents, latents_to_images, load_pipeline
+from dm2.config import load_params, parse_section
+from dm2.diffusion import (
+    encode_prompts,
+    generate_latents,
+    latents_to_images,
+    load_pipeline,
+)
 from dm2.io import save_tensors
-from dm2.models import ModelsParams, resolve_device
+from dm2.models import resolve_device
+from dm2.params import ConceptParams, ModelsParams, PoolParams
 
 OUT_DIR = Path("data/pool")
-
-
-@dataclass
-class PoolParams:
-    size: int
-    steps: int
-    guidance: float
-    seed: int
-
-    def validate(self, name: str) -> None:
-        require(self.size > 0, f"{name}.size", f"the pool must hold at least one image, got {self.size}")
-        require(self.steps > 0, f"{name}.steps", f"must be positive, got {self.steps}")
 
 
 def make_pool(pipe: StableDiffusionPipeline, prompt: str, p: PoolParams) -> tuple[torch.Tensor, torch.Tensor]:

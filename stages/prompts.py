@@ -6,26 +6,14 @@ that erasing `shape` keeps them (columns prompt, shape)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from dm2.config import load_params, parse_section, require
+from dm2.config import load_params, parse_section
+from dm2.params import PromptsParams, WorldParams
 from dm2.prompts import normal_prompts, other_prompts, uses_name, write_prompts
-from dm2.training import WorldParams
 from dm2.world import WorldSpec
 
 OUT_DIR = Path("data/prompts")
-
-
-@dataclass
-class PromptsParams:
-    n_normal: int
-    n_other: int
-    seed: int
-
-    def validate(self, name: str) -> None:
-        require(self.n_normal > 0, f"{name}.n_normal", f"must be positive, got {self.n_normal}")
-        require(self.n_other > 0, f"{name}.n_other", f"must be positive, got {self.n_other}")
 
 
 def write_prompt_files(spec: WorldSpec, p: PromptsParams, out_dir: Path) -> list[Path]:

@@ -9,7 +9,6 @@ concept images of every model, same prompts and seeds).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,18 @@ import torch
 
 from dm2.config import load_params, parse_section, require
 from dm2.io import load_tensors, read_json
-from dm2.methods import LABELS, check_method
-from dm2.report import BASE, DISAGREEMENT, SECOND_METRICS, budget_chart, judge_disagreements, method_grid, radar_chart, radar_ratios, table_markdown
+from dm2.params import LABELS, CompareParams, check_method
+from dm2.report import (
+    BASE,
+    DISAGREEMENT,
+    SECOND_METRICS,
+    budget_chart,
+    judge_disagreements,
+    method_grid,
+    radar_chart,
+    radar_ratios,
+    table_markdown,
+)
 
 REPORTS = Path("reports")
 EVAL = Path("metrics/eval.json")
@@ -26,15 +35,6 @@ ATTACKS = Path("metrics/attacks.json")
 COMPARE_METRICS = Path("metrics/compare")
 EVAL_IMAGES = Path("artifacts/eval/concept_images.safetensors")
 COMPARE_IMAGES = Path("artifacts/compare")
-
-
-@dataclass
-class CompareParams:
-    methods: list[str]  # measured beside `method` by the compare stage
-
-    def validate(self, name: str) -> None:
-        for i, m in enumerate(self.methods):
-            check_method(m, f"{name}.methods[{i}]")
 
 
 def measured_methods(method: str, others: list[str], compare_dir: Path) -> tuple[list[str], list[str]]:

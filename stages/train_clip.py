@@ -5,27 +5,30 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
 import torch
 import torch.nn.functional as F
 
-from dm2.augment import AugmentParams, augment
-from dm2.clip import WORLD_CLIP, ClipModel, create_world_clip, model_preprocess, preprocess, save_world_clip, zero_shot
+from dm2.augment import augment
+from dm2.clip import (
+    WORLD_CLIP,
+    ClipModel,
+    create_world_clip,
+    model_preprocess,
+    preprocess,
+    save_world_clip,
+    zero_shot,
+)
 from dm2.config import load_params, parse_section
 from dm2.io import write_json
-from dm2.training import TrainParams, WorldParams, train_loop, world_split
+from dm2.params import ClipTrainParams, WorldParams
+from dm2.training import train_loop, world_split
 
 OUT = Path("artifacts/world/clip.safetensors")
 METRICS = Path("metrics/train_clip.json")
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: keeps the learnable temperature from collapsing
-
-
-@dataclass
-class ClipTrainParams(TrainParams):
-    augment: AugmentParams = field(default_factory=AugmentParams)
 
 
 def contrastive_loss(model: open_clip.CLIP, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -4,36 +4,27 @@ UNet together) on rendered image-caption pairs and save a diffusers pipeline fol
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline
 
-from dm2.config import load_params, parse_section, require
-from dm2.world_models import assemble_pipeline, world_scheduler, world_text_encoder, world_unet, world_vae
-from dm2.io import write_json
+from dm2.config import load_params, parse_section
+from dm2.io import read_json, write_json
+from dm2.params import UnetParams, VaeParams, WorldParams
 from dm2.tokenizer import build_clip_tokenizer
-from dm2.training import TrainParams, WorldParams, train_loop, world_split
+from dm2.training import train_loop, world_split
+from dm2.world_models import (
+    assemble_pipeline,
+    world_scheduler,
+    world_text_encoder,
+    world_unet,
+    world_vae,
+)
 
 OUT_DIR = Path("artifacts/world/sd")
 METRICS = Path("metrics/train_diffusion.json")
-
-
-@dataclass
-class VaeParams(TrainParams):
-    kl_weight: float = 1e-4
-
-
-@dataclass
-class UnetParams(TrainParams):
-    caption_dropout: float = 0.1
-    channels: list[int] = field(default_factory=lambda: [64, 128])
-
-    def validate(self, name: str) -> None:
-        super().validate(name)
-        require(0.0 <= self.caption_dropout < 1.0, f"{name}.caption_dropout", "must be in [0, 1)")
 
 
 def train_vae(images: torch.Tensor, p: VaeParams, seed: int):
@@ -102,10 +93,14 @@ def train_world_diffusion(world: WorldParams, vae_p: VaeParams, unet_p: UnetPara
 
 
 def save_pipeline_fp16(pipe: StableDiffusionPipeline, out_dir: Path) -> None:
-    """Weights are stored in float16 to keep the shipped world small; `load_pipeline`
-    casts them back to float32."""
+    """Weights are stored in float16 to keep the shipped world small. diffusers loads the
+    UNet and VAE as float32 when no dtype is given, transformers the text encoder in the
+    dtype its config names: the config says float32, so a plain `from_pretrained(out_dir)`
+    gives one dtype throughout."""
     pipe.to(torch.float16).save_pretrained(out_dir, safe_serialization=True)
     pipe.to(torch.float32)
+    config = out_dir / "text_encoder" / "config.json"
+    write_json({**read_json(config), "dtype": "float32"}, config)
 
 
 def main() -> None:

@@ -6,36 +6,27 @@ fades or shrinks the concept instead of removing it is still caught."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from dm2.augment import AugmentParams, augment
-from dm2.config import load_params, parse_section, require
-from dm2.hard_renders import HARD_HELDOUT_SEED_OFFSET, HARD_TRAIN_SEED_OFFSET, HardRanges, render_hard
+from dm2.augment import augment
+from dm2.config import load_params, parse_section
+from dm2.hard_renders import (
+    HARD_HELDOUT_SEED_OFFSET,
+    HARD_TRAIN_SEED_OFFSET,
+    render_hard,
+)
 from dm2.io import write_json
 from dm2.judge import WorldJudge, save_world_judge
-from dm2.training import TrainParams, WorldParams, train_loop, world_split
+from dm2.params import JudgeTrainParams, WorldParams
+from dm2.training import train_loop, world_split
 from dm2.world import Sample
 
 OUT = Path("artifacts/world/judge.safetensors")
 IGNORE = -100  # F.cross_entropy's ignore_index
 METRICS = Path("metrics/train_judge.json")
-
-
-@dataclass
-class JudgeTrainParams(TrainParams):
-    width: int = 32
-    augment: AugmentParams = field(default_factory=AugmentParams)
-    hard_images: int = 0  # hard renders added to the world's training images
-    hard: HardRanges = field(default_factory=HardRanges)
-
-    def validate(self, name: str) -> None:
-        super().validate(name)
-        require(self.hard_images >= 0, f"{name}.hard_images", f"must be >= 0, got {self.hard_images}")
-        require(self.width > 0 and self.width % 8 == 0, f"{name}.width", "must be a positive multiple of 8 (GroupNorm groups)")
 
 
 def labels_of(judge: WorldJudge, samples: list[Sample]) -> dict[str, torch.Tensor]:

@@ -10,38 +10,23 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from dm2.clip import load_clip, zero_shot
-from dm2.config import load_params, parse_section, require
+from dm2.config import load_params, parse_section
 from dm2.diffusion import encode_prompts, generate, load_pipeline
+from dm2.hard_renders import HARD_HELDOUT_SEED_OFFSET, HardCondition, render_hard
 from dm2.io import write_json
-from dm2.hard_renders import HARD_HELDOUT_SEED_OFFSET, HardCondition, HardRanges, render_hard
 from dm2.judge import Judge, load_judges
-from dm2.models import ModelsParams, resolve_device
-from dm2.training import WorldParams, world_split
+from dm2.models import resolve_device
+from dm2.params import ModelsParams, WorldCheckParams, WorldParams
+from dm2.training import world_split
 
 METRICS = Path("metrics/world.json")
 WEIGHTS = Path("artifacts/world")
 ANCHOR = "a photo"
-
-
-@dataclass
-class WorldCheckParams:
-    images_per_prompt: int
-    steps: int
-    guidance: float
-    seed: int
-    hard_images: int = 3000  # held-out hard renders
-    hard: HardRanges = field(default_factory=HardRanges)
-
-    def validate(self, name: str) -> None:
-        require(self.hard_images > 0, f"{name}.hard_images", "must be positive")
-        require(self.images_per_prompt > 0, f"{name}.images_per_prompt", "must be positive")
-        require(self.steps > 0, f"{name}.steps", "must be positive")
 
 
 def shape_prompts(world: WorldParams) -> list[tuple[str, str, str]]:

@@ -26,8 +26,9 @@ from dm2.attack_runs import (
     search_texts_for,
     sweep_model,
 )
-from dm2.attacks import P4DParams, UnlearnDiffParams, cce_attack, p4d_attack, ring_a_bell_attack, unlearndiff_attack
+from dm2.attacks import cce_attack, p4d_attack, ring_a_bell_attack, unlearndiff_attack
 from dm2.config import ParamsError
+from dm2.params import P4DParams, UnlearnDiffParams
 from dm2.prompts import write_prompts
 from tests.test_attacks import (
     PROMPTS,

@@ -13,12 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dm2.attack_runs import ATTACKS, AttacksParams, prepare_attacks, sweep_model
+from dm2.attack_runs import ATTACKS, prepare_attacks, sweep_model
 from dm2.attacks import (
-    CCEParams,
-    P4DParams,
-    RingABellParams,
-    UnlearnDiffParams,
     cce_attack,
     cce_phrase,
     cce_tokens,
@@ -40,6 +36,13 @@ from dm2.diffusion import encode_prompts, encode_token_embeddings, generate_late
 from dm2.io import load_tensors
 from dm2.lora import add_lora, save_lora
 from dm2.methods import INFO_FILE, apply_method, write_method_info
+from dm2.params import (
+    AttacksParams,
+    CCEParams,
+    P4DParams,
+    RingABellParams,
+    UnlearnDiffParams,
+)
 from dm2.world_models import world_text_encoder
 
 PROMPTS = ["a red circle", "a photo of a blue ball on a white background", "a green disk"]

@@ -1,6 +1,7 @@
 import torch
 
-from dm2.augment import AugmentParams, _blur, augment
+from dm2.augment import _blur, augment
+from dm2.params import AugmentParams
 
 
 def test_zero_strength_is_identity():

@@ -9,9 +9,8 @@ import torch
 
 from dm2.config import ParamsError, parse_section
 from dm2.diffusion import encode_prompts
-from dm2.esd import ESDParams, esd, esd_loss, training_latent
+from dm2.esd import esd, esd_loss, training_latent
 from dm2.learnable_prompts import (
-    LearnablePromptParams,
     PromptSlot,
     learnable_prompts,
     original_eps,
@@ -28,7 +27,8 @@ from dm2.lora import (
     lora_state,
     save_lora,
 )
-from dm2.uce import UCEParams, uce, uce_delta
+from dm2.params import ESDParams, LearnablePromptParams, UCEParams
+from dm2.uce import uce, uce_delta
 from tests.conftest import TINY_WIDTH, tiny_unet
 
 CONCEPT = "a circle photo"

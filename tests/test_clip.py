@@ -4,11 +4,20 @@ import open_clip
 import pytest
 import torch
 
-from dm2.clip import WORLD_CLIP, ClipModel, clip_score, create_world_clip, load_clip, preprocess, save_world_clip, zero_shot
+from dm2.clip import (
+    WORLD_CLIP,
+    ClipModel,
+    clip_score,
+    create_world_clip,
+    load_clip,
+    preprocess,
+    save_world_clip,
+    zero_shot,
+)
+from dm2.params import ClipTrainParams, WorldParams
 from dm2.tokenizer import build_clip_tokenizer
-from dm2.training import WorldParams
 from dm2.world import BACKGROUNDS, COLOURS, TEXTURES
-from stages.train_clip import ClipTrainParams, contrastive_loss, train_world_clip
+from stages.train_clip import contrastive_loss, train_world_clip
 
 torch.set_num_threads(1)
 

@@ -7,9 +7,6 @@ import torch
 
 from dm2.config import ParamsError, parse_section
 from dm2.dark_miner import (
-    CircumventParams,
-    MineParams,
-    VerifyParams,
     circumvent,
     circumvent_losses,
     circumvent_states,
@@ -20,6 +17,7 @@ from dm2.dark_miner import (
 )
 from dm2.diffusion import encode_prompts, free_embedding_states, prompt_token_embeddings
 from dm2.lora import adapters_disabled, add_lora, frozen
+from dm2.params import CircumventParams, MineParams, VerifyParams
 from dm2.world_models import world_scheduler
 from tests.conftest import TINY_WIDTH, tiny_unet
 

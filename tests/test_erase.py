@@ -11,12 +11,19 @@ import torch
 
 import stages.erase as erase_stage
 from dm2.config import ParamsError
-from dm2.dark_miner import CircumventParams, MineParams, VerifyParams
 from dm2.diffusion import encode_prompts
 from dm2.io import fingerprint, load_tensors, read_metadata
 from dm2.lora import LORA_FILE, adapters_disabled, load_lora_into
-from stages.erase import EraseParams, erase
-from stages.pool import PoolParams, make_pool
+from dm2.params import (
+    CircumventParams,
+    EraseParams,
+    MineParams,
+    PoolParams,
+    VerifyParams,
+)
+from dm2.provenance import weights_hash
+from stages.erase import erase, read_pool
+from stages.pool import make_pool, save_pool
 
 SCHEDULE = dict(lr_drop_epoch=2, lr_after_drop=0.001, grad_clip=10.0, optimizer="adam")
 
@@ -157,3 +164,32 @@ def test_verification_measures_against_the_reference_prompt(tiny_pipe, tiny_clip
     # x_c and x_r from the same states and seed are one image: Enc(x_c) - Enc(x_r) = 0
     assert erase_stage.verification_score(tiny_pipe, tiny_clip, circle, circle, f_e, v) == 0.0
     assert erase_stage.verification_score(tiny_pipe, tiny_clip, circle, photo, f_e, v) != 0.0
+
+
+def test_corrupt_checkpoint_is_set_aside_and_the_run_starts_afresh(tiny_pipe, tiny_clip, pool, tmp_path, capsys):
+    run(tiny_pipe, tiny_clip, pool, tmp_path, max_loops=1)
+    path = tmp_path / erase_stage.CHECKPOINT
+    path.write_bytes(path.read_bytes()[:100])
+    tiny_pipe.unet.delete_adapters(tiny_pipe.unet.active_adapters())
+    state = run(tiny_pipe, tiny_clip, pool, tmp_path, max_loops=1)
+    assert [r["loop"] for r in state.log] == [0]
+    assert f"{path}: not a readable safetensors file" in capsys.readouterr().out
+    assert read_metadata(path)["fingerprint"] == state.fingerprint  # rewritten whole
+
+
+def test_run_id_changes_with_the_weights(tiny_pipe, tiny_clip):
+    models = (tiny_pipe.unet, tiny_pipe.text_encoder, tiny_clip.model)  # CLIP holds a 0-dim logit_scale
+    before = weights_hash(*models)
+    assert weights_hash(*models) == before
+    with torch.no_grad():
+        next(tiny_pipe.unet.parameters()).view(-1)[0] += 1e-3
+    assert weights_hash(*models) != before
+
+
+def test_pool_of_another_concept_is_refused(tiny_pipe, tmp_path):
+    latents, images = make_pool(tiny_pipe, "a circle photo", PoolParams(size=2, steps=2, guidance=2.0, seed=0))
+    save_pool(latents, images, "a circle photo", tmp_path)
+    path = tmp_path / "latents.safetensors"
+    assert read_pool(path, "a circle photo")["latents"].shape[0] == 2
+    with pytest.raises(ParamsError, match=rf"{path}: was made from 'a circle photo', not 'a square photo'; run the pool stage"):
+        read_pool(path, "a square photo")

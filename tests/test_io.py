@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from dm2.io import load_tensors, read_metadata, save_tensors
+from dm2.config import InputError
+from dm2.io import load_tensors, read_json, read_metadata, save_tensors
 
 
 def test_metadata_order_does_not_change_the_bytes(tmp_path):
@@ -19,3 +21,19 @@ def test_metadata_order_does_not_change_the_bytes(tmp_path):
     loaded = load_tensors(tmp_path / "0.safetensors")
     assert loaded.keys() == tensors.keys() and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
     assert read_metadata(tmp_path / "0.safetensors") == meta
+
+
+def test_truncated_or_garbage_files_name_themselves(tmp_path):
+    path = tmp_path / "w.safetensors"
+    save_tensors({"a": torch.ones(64)}, path, {"k": "v"})
+    path.write_bytes(path.read_bytes()[:40])  # cut inside the header
+    for read in (load_tensors, read_metadata):
+        with pytest.raises(InputError, match=rf"{path}: not a readable safetensors file \(.+\); restore it or rerun"):
+            read(path)
+    path.write_bytes(b"\xff" * 64)  # a header length of ~2^64
+    with pytest.raises(InputError, match=rf"{path}: not a readable safetensors file"):
+        load_tensors(path)
+    bad_json = tmp_path / "m.json"
+    bad_json.write_text('{"a": ')
+    with pytest.raises(InputError, match=rf"{bad_json}: not valid JSON"):
+        read_json(bad_json)

@@ -3,11 +3,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from dm2.config import InputError
+from dm2.hard_renders import render_hard
 from dm2.judge import WorldJudge, judge_concept, load_judge, save_world_judge
-from dm2.training import WorldParams, world_split
-from dm2.hard_renders import HardRanges, render_hard
+from dm2.params import HardRanges, JudgeTrainParams, WorldParams
+from dm2.training import world_split
 from dm2.world import BACKGROUNDS, COLOURS, DEFAULT_SYNONYMS, TEXTURES, WorldSpec
-from stages.train_judge import JudgeTrainParams, judge_loss, labels_of, train_world_judge
+from stages.train_judge import judge_loss, labels_of, train_world_judge
 
 torch.set_num_threads(1)
 
@@ -135,3 +137,11 @@ def test_shipped_judge_names_faint_small_and_blurred_shapes(case):
     truth = [s.shape for s in samples]
     assert sum(a == b for a, b in zip(said, truth)) >= AT_LEAST[case], list(zip(truth, said))
     assert "circle" in truth and all(b == "circle" for a, b in zip(truth, said) if a == "circle")
+
+
+def test_truncated_judge_file_names_the_key_and_the_path(tmp_path):
+    path = tmp_path / "judge.safetensors"
+    save_world_judge(world_judge(), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(InputError, match=rf"models\.judge_path: {path}: not a readable safetensors file"):
+        load_judge("world", str(path))

@@ -9,18 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
+from dm2.attack_runs import ATTACKS, prepare_attacks
 from dm2.config import ParamsError, parse_section
 from dm2.diffusion import encode_prompts, generate_latents
 from dm2.judge import WorldJudge
 from dm2.lora import LORA_FILE
-from dm2.methods import INFO_FILE, apply_method, check_method
+from dm2.methods import INFO_FILE, apply_method
+from dm2.params import BaselinesParams, EvaluateParams, check_method
 from dm2.sld import SafetyGuidance
-from stages.baseline import BaselinesParams, train_baseline
+from stages.baseline import train_baseline
 from stages.compare import compare_method
-from stages.evaluate import EvalSet, EvaluateParams
-from stages.report import collect_images, collect_rows, write_report
-from dm2.attack_runs import ATTACKS, prepare_attacks
-from stages.report import collect_sweeps
+from stages.evaluate import EvalSet
+from stages.report import collect_images, collect_rows, collect_sweeps, write_report
 from tests.test_attacks import SEARCH, STAGE_PROMPTS, stage_params
 from tests.test_evaluate import SHAPES, HalfCircleJudge
 

@@ -3,49 +3,30 @@ one-line errors naming the key."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from dm2.attack_runs import AttacksParams
-from dm2.concept import ConceptParams
 from dm2.config import ParamsError, load_params, parse_section
-from dm2.dark_miner import CircumventParams, MineParams, VerifyParams
-from dm2.models import ModelsParams, resolve_device
-from dm2.training import WorldParams
-from dm2.methods import check_method
-from stages.baseline import BaselinesParams
-from stages.erase import EraseParams
-from stages.evaluate import EvaluateParams
-from stages.pool import PoolParams
-from stages.prompts import PromptsParams
-from stages.report import CompareParams
-from stages.train_clip import ClipTrainParams
-from stages.train_diffusion import UnetParams, VaeParams
-from stages.train_judge import JudgeTrainParams
-from stages.world_check import WorldCheckParams
+from dm2.models import resolve_device
+from dm2.params import (
+    SECTIONS,
+    CircumventParams,
+    ConceptParams,
+    EvaluateParams,
+    MineParams,
+    ModelsParams,
+    PoolParams,
+    VerifyParams,
+    WorldParams,
+    check_method,
+    check_params,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = {
-    "world": WorldParams,
-    "train_vae": VaeParams,
-    "train_unet": UnetParams,
-    "train_clip": ClipTrainParams,
-    "train_judge": JudgeTrainParams,
-    "models": ModelsParams,
-    "world_check": WorldCheckParams,
-    "concept": ConceptParams,
-    "pool": PoolParams,
-    "erase": EraseParams,
-    "mine": MineParams,
-    "verify": VerifyParams,
-    "circumvent": CircumventParams,
-    "prompts": PromptsParams,
-    "evaluate": EvaluateParams,
-    "attacks": AttacksParams,
-    "baselines": BaselinesParams,
-    "compare": CompareParams,
-}
 
 
 @pytest.mark.parametrize("path", ["params.yaml", "presets/sd14.yaml"])
@@ -123,3 +104,72 @@ def test_second_judge_must_differ_from_the_first():
     assert parsed.second_judge != parsed.judge
     with pytest.raises(ParamsError, match=r"models\.second_judge: must differ from models\.judge"):
         parse_section(ModelsParams, {**models, "second_judge": models["judge"]}, "models")
+
+
+def _params() -> dict:
+    return load_params(ROOT / "params.yaml")
+
+
+def test_whole_file_checks_and_returns_every_section():
+    sections = check_params(_params(), ROOT)
+    assert set(SECTIONS) <= set(sections) and isinstance(sections["mine"], MineParams)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda p: p.update(erasee=p.pop("erase")), r"top level: unknown section\(s\) \['erasee'\]"),
+        (lambda p: p.pop("verify"), r"top level: missing section\(s\) \['verify'\]"),
+        (lambda p: p["concept"].update(name="hexagon"), r"concept\.name: 'hexagon' is not a world shape .* data/prompts/hexagon\.csv does not exist"),
+        (lambda p: p["concept"].update(template="a {concept} {style} photo"), r"concept\.template: may use only '\{concept\}'"),
+        (lambda p: p["concept"].update(template="a {concept photo"), r"concept\.template"),
+        (lambda p: p["mine"].update(tokens=76), r"mine\.tokens: 76 tokens do not fit the text encoder's 75 text positions"),
+        (lambda p: p["attacks"]["cce"].update(prompt_templates=["a {token} by {artist}"]), r"attacks\.cce\.prompt_templates: may use only '\{token\}'"),
+        (lambda p: p["models"].update(diffusion="artifacts/world/sdx"), r"models\.diffusion: artifacts/world/sdx is not a diffusers pipeline folder"),
+        (lambda p: p["models"].update(diffusion="./sd"), r"models\.diffusion: \./sd is not a diffusers pipeline folder"),
+        (lambda p: p["models"].update(judge_path="artifacts/world/nope.safetensors"), r"models\.judge_path: artifacts/world/nope\.safetensors does not exist"),
+        (lambda p: p.update(method="dm3"), r"method: unknown method 'dm3'"),
+        (lambda p: p.update(device="tpu"), r"device: 'tpu' is not one of"),
+        (lambda p: p["verify"].update(tau=float("nan")), r"verify\.tau: expected a finite number, got nan"),
+        (lambda p: p["pool"].update(size=True), r"pool\.size: expected an integer, got bool"),
+        (lambda p: p["pool"].update(size=2.5), r"pool\.size: expected an integer, got 2\.5"),
+    ],
+)
+def test_cross_section_and_file_checks_name_the_key(edit, message):
+    params = _params()
+    edit(params)
+    with pytest.raises(ParamsError, match=message):
+        check_params(params, ROOT)
+
+
+def test_numbers_in_any_yaml_spelling(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("  lr: 0.1 ", "  lr: 1e-1 ", 1).replace("  size: 30 ", "  size: 3e1 ", 1)
+    assert "1e-1" in text and "3e1" in text
+    (tmp_path / "params.yaml").write_text(text)
+    raw = load_params(tmp_path / "params.yaml")
+    assert raw["mine"]["lr"] == "1e-1"  # PyYAML reads an exponent without a dot as text
+    sections = check_params(raw, ROOT)
+    assert sections["mine"].lr == 0.1 and sections["pool"].size == 30 and isinstance(sections["pool"].size, int)
+
+
+def test_broken_yaml_is_named(tmp_path):
+    (tmp_path / "params.yaml").write_text("mine: [1, 2\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml: not valid YAML"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_params_module_imports_nothing_heavy():
+    code = "import sys, dm2.params; heavy = [m for m in ('torch', 'diffusers', 'transformers', 'open_clip') if m in sys.modules]; print(heavy)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_stage_entry_point_refuses_bad_params_in_one_line(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("  tokens: 32 ", "  tokens: 80 ", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    for name in ("artifacts", "data"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "stages", "erase"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["params.yaml: mine.tokens: 80 tokens do not fit the text encoder's 75 text positions (77 less BOS and EOS)"]

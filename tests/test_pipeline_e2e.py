@@ -10,13 +10,19 @@ import torch
 
 from dm2.clip import load_clip
 from dm2.config import load_params, parse_section
-from dm2.dark_miner import CircumventParams, MineParams, VerifyParams
 from dm2.diffusion import encode_prompts, generate, load_pipeline
 from dm2.io import fingerprint
 from dm2.lora import load_lora_into
-from dm2.models import ModelsParams
-from stages.erase import EraseParams, erase
-from stages.pool import PoolParams, make_pool
+from dm2.params import (
+    CircumventParams,
+    EraseParams,
+    MineParams,
+    ModelsParams,
+    PoolParams,
+    VerifyParams,
+)
+from stages.erase import erase
+from stages.pool import make_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 

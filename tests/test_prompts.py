@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 
 from dm2.config import load_params, parse_section
-from dm2.prompts import normal_prompts, other_prompts, read_prompts, uses_name, write_prompts
-from dm2.training import WorldParams
+from dm2.params import PromptsParams, WorldParams
+from dm2.prompts import (
+    normal_prompts,
+    other_prompts,
+    read_prompts,
+    uses_name,
+    write_prompts,
+)
 from dm2.world import BACKGROUNDS, COLOURS, TEMPLATES, TEXTURE_WORDS, WorldSpec
-from stages.prompts import PromptsParams, write_prompt_files
+from stages.prompts import write_prompt_files
 
 SPEC = WorldSpec()
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from dm2.config import load_params, parse_section
-from dm2.hard_renders import HardRanges, render_hard
+from dm2.hard_renders import render_hard
+from dm2.params import HardRanges, WorldParams
 from dm2.shape_geometry import DEFAULT_CLASSES, GeometricJudge
-from dm2.training import WorldParams, world_split
+from dm2.training import world_split
 from dm2.world import BACKGROUNDS, DEFAULT_SYNONYMS, EMPTY, WorldSpec
 
 torch.set_num_threads(1)

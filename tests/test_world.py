@@ -6,8 +6,17 @@ import torch.nn.functional as F
 
 from dm2.config import ParamsError, parse_section
 from dm2.judge import WorldJudge
-from dm2.training import WorldParams, world_split
-from dm2.world import BACKGROUNDS, COLOURS, EMPTY, EMPTY_TEMPLATES, TEXTURES, WorldSpec, sample_world
+from dm2.params import WorldParams
+from dm2.training import world_split
+from dm2.world import (
+    BACKGROUNDS,
+    COLOURS,
+    EMPTY,
+    EMPTY_TEMPLATES,
+    TEXTURES,
+    WorldSpec,
+    sample_world,
+)
 from stages.train_judge import IGNORE, judge_loss, labels_of
 
 

@@ -1,0 +1,48 @@
+"""Entry point of every stage: `python -m stages STAGE [ARG]` (the `cmd` of each dvc.yaml stage).
+
+It checks the whole params.yaml first (every section, then the checks across sections),
+before torch or diffusers are imported, so a bad value is a one-line error in about a
+second instead of after the models load. Then it runs the stage's `main()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from dm2.config import InputError, ParamsError, load_params
+from dm2.params import check_params
+
+STAGES = (
+    "train_diffusion",
+    "train_clip",
+    "train_judge",
+    "world_check",
+    "prompts",
+    "pool",
+    "erase",
+    "baseline",
+    "evaluate",
+    "attack",
+    "compare",
+    "report",
+)
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] not in STAGES:
+        raise SystemExit(f"usage: python -m stages STAGE [ARG]; stages: {', '.join(STAGES)}")
+    try:
+        check_params(load_params())
+    except ParamsError as e:
+        raise SystemExit(f"params.yaml: {e}") from None
+    stage = importlib.import_module(f"stages.{argv[0]}")
+    sys.argv = [stage.__file__, *argv[1:]]  # the stage reads its argument as when run alone
+    try:
+        stage.main()
+    except (ParamsError, InputError, FileNotFoundError) as e:  # bad input: one line naming it; bugs keep their traceback
+        raise SystemExit(f"{argv[0]}: {e}") from None
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
