@@ -44,10 +44,9 @@ from dm2.io import load_tensors, read_json, save_tensors, write_json
 from dm2.judge import load_judges
 from dm2.methods import apply_method, method_dir, method_label
 from dm2.models import resolve_device
-from dm2.params import check_method
+from dm2.params import PROMPTS_DIR, check_method
 from dm2.prompts import read_prompts
 
-PROMPTS_DIR = Path("data/prompts")
 BASE_METRICS = BASE_DIR / "metrics.json"
 BASE_IMAGES = BASE_DIR / "images.safetensors"
 OUT_DIR = Path("artifacts/attacks")

@@ -31,6 +31,7 @@ from dm2.attack_runs import (
 from dm2.clip import ClipModel, load_clip
 from dm2.config import load_params, parse_section
 from dm2.diffusion import load_pipeline
+from dm2.evaluation import EvalSet, load_eval_set, measure
 from dm2.io import (
     fingerprint,
     load_tensors,
@@ -44,7 +45,6 @@ from dm2.methods import INFO_FILE, apply_method, method_dir
 from dm2.models import resolve_device
 from dm2.params import AttacksParams, EvaluateParams, WorldParams, check_method
 from dm2.provenance import code_version, weights_hash
-from stages.evaluate import EvalSet, load_eval_set, measure
 
 METRICS_DIR = Path("metrics/compare")
 OUT_DIR = Path("artifacts/compare")

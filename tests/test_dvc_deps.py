@@ -44,3 +44,9 @@ def test_code_files_follow_imports_inside_functions(tmp_path):
     assert code_version("dm2.a", tmp_path) == before  # not run by dm2.a
     (tmp_path / "dm2" / "c.py").write_text("# a comment\n")
     assert code_version("dm2.a", tmp_path) != before
+
+
+def test_no_stage_imports_another_stage():
+    for path in sorted((ROOT / "stages").glob("*.py")):
+        reached = [f for f in code_files(f"stages.{path.stem}") if f.startswith("stages/")]
+        assert reached == [f"stages/{path.name}"], f"{path.name} imports {reached}"

@@ -9,10 +9,11 @@ import torch
 import stages.evaluate as evaluate_stage
 from dm2.config import ParamsError
 from dm2.diffusion import encode_prompts, generate
+from dm2.evaluation import EvalSet, judged, measure
 from dm2.judge import WorldJudge
 from dm2.params import EvaluateParams
 from dm2.world import DEFAULT_SYNONYMS
-from stages.evaluate import EvalSet, evaluate, evaluate_base, judged, measure
+from stages.evaluate import evaluate, evaluate_base
 from tests.test_erase import run
 
 SHAPES = list(DEFAULT_SYNONYMS)

@@ -12,6 +12,7 @@ from PIL import Image
 from dm2.attack_runs import ATTACKS, prepare_attacks
 from dm2.config import ParamsError, parse_section
 from dm2.diffusion import encode_prompts, generate_latents
+from dm2.evaluation import EvalSet
 from dm2.judge import WorldJudge
 from dm2.lora import LORA_FILE
 from dm2.methods import INFO_FILE, apply_method
@@ -19,7 +20,6 @@ from dm2.params import BaselinesParams, EvaluateParams, check_method
 from dm2.sld import SafetyGuidance
 from stages.baseline import train_baseline
 from stages.compare import compare_method
-from stages.evaluate import EvalSet
 from stages.report import collect_images, collect_rows, collect_sweeps, write_report
 from tests.test_attacks import SEARCH, STAGE_PROMPTS, stage_params
 from tests.test_evaluate import SHAPES, HalfCircleJudge
