@@ -86,6 +86,15 @@ def save_checkpoint(state: EraseState, unet: torch.nn.Module, out_dir: Path) -> 
     save_tensors(tensors, out_dir / CHECKPOINT, meta)
 
 
+def _what_differs(saved: str, expected: str) -> str:
+    """The parts of two run ids (JSON mappings, as `main` makes them) that differ."""
+    try:
+        a, b = json.loads(saved), json.loads(expected)
+        return ", ".join(k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+    except (json.JSONDecodeError, AttributeError):
+        return "settings"
+
+
 def load_checkpoint(out_dir: Path, expected: str, unet: torch.nn.Module) -> EraseState | None:
     """The saved state if it belongs to this run (same fingerprint: params, pool, weights and
     code), else None; an unreadable checkpoint is reported and set aside the same way."""
@@ -95,7 +104,7 @@ def load_checkpoint(out_dir: Path, expected: str, unet: torch.nn.Module) -> Eras
     try:
         meta = read_metadata(path)
         if meta.get("fingerprint") != expected:
-            print(f"erase: {path} was made by other params, pool, weights or code; starting afresh")
+            print(f"erase: {path} was made by other {_what_differs(meta.get('fingerprint', ''), expected)}; starting afresh")
             return None
         tensors = load_tensors(path)
     except ValueError as e:  # dm2.io names the file and the fault
@@ -242,8 +251,16 @@ def main() -> None:
     pipe = load_pipeline(models.diffusion, device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
     # What the checkpoint may be resumed by: the same params, pool, weights and code.
-    made_by = {"diffusion": weights_hash(pipe.unet, pipe.vae, pipe.text_encoder), "clip": weights_hash(clip.model), "code": code_version("stages.erase")}
-    run_id = fingerprint(models, concept, e, m, v, cp, made_by, data=pool["latents"])
+    run_id = json.dumps(
+        {
+            "params": fingerprint(models, concept, e, m, v, cp),
+            "pool": fingerprint(data=pool["latents"]),
+            "diffusion weights": weights_hash(pipe.unet, pipe.vae, pipe.text_encoder),
+            "CLIP weights": weights_hash(clip.model),
+            "code": code_version("stages.erase"),
+        },
+        sort_keys=True,
+    )
     state = erase(pipe, clip, pool["latents"].to(device), pool["images"].to(device), e, m, v, cp, OUT_DIR, run_id, concept.prompt)
     write_json(
         {

@@ -193,3 +193,12 @@ def test_pool_of_another_concept_is_refused(tiny_pipe, tmp_path):
     assert read_pool(path, "a circle photo")["latents"].shape[0] == 2
     with pytest.raises(ParamsError, match=rf"{path}: was made from 'a circle photo', not 'a square photo'; run the pool stage"):
         read_pool(path, "a square photo")
+
+
+def test_a_refused_checkpoint_says_what_changed(tiny_pipe, tiny_clip, pool, tmp_path, capsys):
+    e, m, v, cp = settings(max_loops=1)
+    made_by = {"params": "p", "pool": "q", "CLIP weights": "a", "code": "c"}
+    erase(tiny_pipe, tiny_clip, pool[0], pool[1], e, m, v, cp, tmp_path, json.dumps(made_by))
+    tiny_pipe.unet.delete_adapters(tiny_pipe.unet.active_adapters())
+    erase(tiny_pipe, tiny_clip, pool[0], pool[1], e, m, v, cp, tmp_path, json.dumps({**made_by, "CLIP weights": "b", "code": "d"}))
+    assert "was made by other CLIP weights, code; starting afresh" in capsys.readouterr().out
