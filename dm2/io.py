@@ -18,12 +18,18 @@ from safetensors.torch import load_file, save_file
 from dm2.config import InputError
 
 
+def _readable(path: str) -> None:
+    """Give `path` the mode a plain `open` would: mkstemp and safetensors' writer make 0600
+    files, and outputs should read like any other."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _atomic_target(path: Path) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs should read like any other
+    _readable(tmp)
     return fd, tmp
 
 
@@ -50,6 +56,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: d
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
         if metadata and len(metadata) > 1:
             _sort_metadata(tmp)
+        _readable(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 
 from dm2.config import InputError
-from dm2.io import load_tensors, read_json, read_metadata, save_tensors
+from dm2.io import load_tensors, read_json, read_metadata, save_tensors, write_json
 
 
 def test_metadata_order_does_not_change_the_bytes(tmp_path):
@@ -37,3 +40,12 @@ def test_truncated_or_garbage_files_name_themselves(tmp_path):
     bad_json.write_text('{"a": ')
     with pytest.raises(InputError, match=rf"{bad_json}: not valid JSON"):
         read_json(bad_json)
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    save_tensors({"a": torch.ones(2)}, tmp_path / "w.safetensors", {"k": "v"})
+    write_json({"a": 1}, tmp_path / "m.json")
+    for name in ("w.safetensors", "m.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
