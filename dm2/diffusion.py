@@ -95,6 +95,13 @@ def free_embedding_states(pipe: StableDiffusionPipeline, c: torch.Tensor) -> tor
 
 
 @torch.no_grad()
+def noised(scheduler: DDIMScheduler, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, the noise, t): `x0` noised to a random training timestep per sample, drawn from `g`."""
+    noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g).to(x0.device)
+    return scheduler.add_noise(x0, noise, t), noise, t
+
+
 def images_to_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] (N x 3 x H x W) to scaled latents (posterior mean)."""
     posterior = vae.encode(images.to(vae.device, vae.dtype) * 2 - 1).latent_dist

@@ -17,7 +17,8 @@ from dm2.coco import coco_pairs, fid_network, inception_features, load_images
 from dm2.diffusion import Guide, encode_prompts, generate
 from dm2.judge import Judge, judge_concept
 from dm2.metrics import erasure_ratio_score, frechet_distance
-from dm2.params import PROMPTS_DIR, EvaluateParams, WorldParams
+from dm2.params import EvaluateParams, WorldParams
+from dm2.paths import PROMPTS_DIR
 from dm2.prompts import read_prompts
 from dm2.training import world_split
 from dm2.world import EMPTY

@@ -26,7 +26,6 @@ class SafetyGuidance:
     eps_u + s_g (eps_p - eps_u - gamma_S). The momentum lives for one `sample` call."""
 
     def __init__(self, unet: UNet2DConditionModel, states: torch.Tensor, params: SLDParams) -> None:
-        params.validate("sld")
         self.unet = unet
         self.states = states.to(unet.device, unet.dtype)
         self.params = params

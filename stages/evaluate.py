@@ -44,13 +44,11 @@ from dm2.params import (
     WorldParams,
     check_method,
 )
+from dm2.paths import CONCEPT_IMAGES, EVAL_BASE_DIR, EVAL_DIR, EVAL_GRIDS, EVAL_METRICS
 
-METRICS = Path("metrics/eval.json")
-GRIDS = Path("plots/grids")
-IMAGES = Path("artifacts/eval/concept_images.safetensors")  # grid rows, for the report
 # The base model is measured once (stage evaluate_base), not again for every erased model.
-BASE_METRICS = Path("artifacts/eval_base/metrics.json")
-BASE_IMAGES = Path("artifacts/eval_base/grid_rows.safetensors")
+BASE_METRICS = "metrics.json"  # in EVAL_BASE_DIR
+BASE_IMAGES = "grid_rows.safetensors"
 
 
 def evaluate_base(
@@ -84,21 +82,22 @@ def evaluate(
     return metrics, grids
 
 
-def save_base(base: tuple[dict[str, float], dict[str, torch.Tensor]], seconds: float, key: str) -> None:
+def save_base(base: tuple[dict[str, float], dict[str, torch.Tensor]], seconds: float, key: str, folder: Path) -> None:
     metrics, rows = base
-    save_tensors(rows, BASE_IMAGES, {"fingerprint": key})
-    write_json({"base": metrics, "seconds": round(seconds, 1), "fingerprint": key}, BASE_METRICS)
+    save_tensors(rows, folder / BASE_IMAGES, {"fingerprint": key})
+    write_json({"base": metrics, "seconds": round(seconds, 1), "fingerprint": key}, folder / BASE_METRICS)
 
 
-def load_base(key: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """The base model's results saved by `python -m stages evaluate base` with the same settings."""
-    for path in (BASE_METRICS, BASE_IMAGES):
+def load_base(key: str, folder: Path) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The base model's results `save_base` wrote into `folder` with the same settings."""
+    metrics_path, images_path = folder / BASE_METRICS, folder / BASE_IMAGES
+    for path in (metrics_path, images_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run `dvc repro evaluate_base` first")
-    saved = read_json(BASE_METRICS)
-    fresh = saved.get("fingerprint") == key and read_metadata(BASE_IMAGES).get("fingerprint") == key
-    require(fresh, str(BASE_METRICS.parent), "made with other settings; run `dvc repro evaluate_base` first")
-    return saved["base"], load_tensors(BASE_IMAGES)
+    saved = read_json(metrics_path)
+    fresh = saved.get("fingerprint") == key and read_metadata(images_path).get("fingerprint") == key
+    require(fresh, str(folder), "made with other settings; run `dvc repro evaluate_base` first")
+    return saved["base"], load_tensors(images_path)
 
 
 def main() -> None:
@@ -114,7 +113,7 @@ def main() -> None:
     method = params.get("method", "dm2")
     check_method(method)
     key = fingerprint(concept.name, world, models, p)  # what the base results depend on
-    base = None if which == "base" else load_base(key)
+    base = None if which == "base" else load_base(key, EVAL_BASE_DIR)
     device = resolve_device(params.get("device", "auto"))
     judges = load_judges(models)  # before any work: a missing judge fails at once
     judge, second = judges[models.judge], (models.second_judge, judges[models.second_judge])
@@ -125,15 +124,15 @@ def main() -> None:
         start = time.time()
         base = evaluate_base(pipe, judge, clip, data, concept.name, p, second)
         seconds = time.time() - start
-        save_base(base, seconds, key)
+        save_base(base, seconds, key, EVAL_BASE_DIR)
         print({"base": base[0], "seconds": round(seconds, 1)})
         return
     metrics, grids = evaluate(pipe, method_dir(method), judge, clip, data, concept.name, p, base, second)
-    write_json(metrics, METRICS)
-    save_tensors({"base": grids["concept"][0], method: grids["concept"][1]}, IMAGES)
-    GRIDS.mkdir(parents=True, exist_ok=True)
+    write_json(metrics, EVAL_METRICS)
+    save_tensors({"base": grids["concept"][0], method: grids["concept"][1]}, EVAL_DIR / CONCEPT_IMAGES)
+    EVAL_GRIDS.mkdir(parents=True, exist_ok=True)
     for name, rows in grids.items():
-        image_grid(list(rows), ["base", method_label(method_dir(method))]).save(GRIDS / f"{name}.png")
+        image_grid(list(rows), ["base", method_label(method_dir(method))]).save(EVAL_GRIDS / f"{name}.png")
     print({k: v for k, v in metrics.items()})
 
 

@@ -21,8 +21,8 @@ from dm2.diffusion import (
 from dm2.io import save_tensors
 from dm2.models import resolve_device
 from dm2.params import ConceptParams, ModelsParams, PoolParams
+from dm2.paths import POOL_DIR
 
-OUT_DIR = Path("data/pool")
 
 
 def make_pool(pipe: StableDiffusionPipeline, prompt: str, p: PoolParams) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,8 +52,8 @@ def main() -> None:
     pool = parse_section(PoolParams, params["pool"], "pool")
     pipe = load_pipeline(models.diffusion, resolve_device(params.get("device", "auto")))
     latents, images = make_pool(pipe, concept.prompt, pool)
-    save_pool(latents, images, concept.prompt, OUT_DIR)
-    print(f"pool: {pool.size} images of {concept.prompt!r} -> {OUT_DIR}")
+    save_pool(latents, images, concept.prompt, POOL_DIR)
+    print(f"pool: {pool.size} images of {concept.prompt!r} -> {POOL_DIR}")
 
 
 if __name__ == "__main__":

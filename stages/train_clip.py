@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import open_clip
 import torch
@@ -24,10 +23,9 @@ from dm2.clip import (
 from dm2.config import load_params, parse_section
 from dm2.io import write_json
 from dm2.params import ClipTrainParams, WorldParams
+from dm2.paths import TRAIN_CLIP_METRICS, WORLD_CLIP
 from dm2.training import train_loop, world_split
 
-OUT = Path("artifacts/world/clip.safetensors")
-METRICS = Path("metrics/train_clip.json")
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp: keeps the learnable temperature from collapsing
 
 
@@ -93,8 +91,8 @@ def main() -> None:
     world = parse_section(WorldParams, params["world"], "world")
     p = parse_section(ClipTrainParams, params["train_clip"], "train_clip")
     model, metrics = train_world_clip(world, p)
-    save_world_clip(model, OUT)
-    write_json(metrics, METRICS)
+    save_world_clip(model, WORLD_CLIP)
+    write_json(metrics, TRAIN_CLIP_METRICS)
     print(metrics)
 
 

@@ -13,6 +13,7 @@ from diffusers import StableDiffusionPipeline
 from dm2.config import load_params, parse_section
 from dm2.io import read_json, write_json
 from dm2.params import UnetParams, VaeParams, WorldParams
+from dm2.paths import TRAIN_DIFFUSION_METRICS, WORLD_SD
 from dm2.tokenizer import build_clip_tokenizer
 from dm2.training import train_loop, world_split
 from dm2.world_models import (
@@ -23,8 +24,6 @@ from dm2.world_models import (
     world_vae,
 )
 
-OUT_DIR = Path("artifacts/world/sd")
-METRICS = Path("metrics/train_diffusion.json")
 
 
 def train_vae(images: torch.Tensor, p: VaeParams, seed: int):
@@ -109,8 +108,8 @@ def main() -> None:
     vae_p = parse_section(VaeParams, params["train_vae"], "train_vae")
     unet_p = parse_section(UnetParams, params["train_unet"], "train_unet")
     pipe, metrics = train_world_diffusion(world, vae_p, unet_p)
-    save_pipeline_fp16(pipe, OUT_DIR)
-    write_json(metrics, METRICS)
+    save_pipeline_fp16(pipe, WORLD_SD)
+    write_json(metrics, TRAIN_DIFFUSION_METRICS)
     print(metrics)
 
 

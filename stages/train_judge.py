@@ -6,7 +6,6 @@ fades or shrinks the concept instead of removing it is still caught."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,12 +20,11 @@ from dm2.hard_renders import (
 from dm2.io import write_json
 from dm2.judge import WorldJudge, save_world_judge
 from dm2.params import JudgeTrainParams, WorldParams
+from dm2.paths import TRAIN_JUDGE_METRICS, WORLD_JUDGE
 from dm2.training import train_loop, world_split
 from dm2.world import Sample
 
-OUT = Path("artifacts/world/judge.safetensors")
 IGNORE = -100  # F.cross_entropy's ignore_index
-METRICS = Path("metrics/train_judge.json")
 
 
 def labels_of(judge: WorldJudge, samples: list[Sample]) -> dict[str, torch.Tensor]:
@@ -98,8 +96,8 @@ def main() -> None:
     world = parse_section(WorldParams, params["world"], "world")
     p = parse_section(JudgeTrainParams, params["train_judge"], "train_judge")
     judge, metrics = train_world_judge(world, p)
-    save_world_judge(judge, OUT)
-    write_json(metrics, METRICS)
+    save_world_judge(judge, WORLD_JUDGE)
+    write_json(metrics, TRAIN_JUDGE_METRICS)
     print(metrics)
 
 
