@@ -36,6 +36,7 @@ from dm2.diffusion import (
 )
 from dm2.lora import adapters_disabled, add_lora, frozen
 from dm2.params import CircumventParams, EraseParams, MineParams, VerifyParams
+from dm2.steps import loop_seed
 
 
 @dataclass
@@ -93,8 +94,7 @@ class DarkMiner:
         require(len(pool_latents) >= m.k, "pool.size", f"the pool has {len(pool_latents)} images, mining needs k = {m.k}")
         self.pipe, self.clip, self.settings = pipe, clip, settings
         self.pool_latents = pool_latents
-        torch.manual_seed(e.seed)  # peft draws the initial LoRA A factors from the global RNG
-        self.lora_params = add_lora(pipe.unet, e.lora_rank)
+        self.lora_params = add_lora(pipe.unet, e.lora_rank, seed=e.seed)
         self.anchor = encode_prompts(pipe, [cp.anchor])  # c0's states
         self.reference = encode_prompts(pipe, [settings.verify.reference_prompt])  # x_r's
         # c starts as a prompt's own token embeddings (after BOS), so it first means that prompt
@@ -109,7 +109,7 @@ class DarkMiner:
             # Made once by the original model, from a seed of their own: the same on resume
             keep_states = encode_prompts(pipe, [q for q in cp.preserve for _ in range(cp.preserve_images)])
             with adapters_disabled(pipe.unet), frozen(pipe.unet):
-                self.keep = (generate_latents(pipe, keep_states, e.seed * 1_000_003 - 1, cp.steps, cp.guidance), keep_states)
+                self.keep = (generate_latents(pipe, keep_states, loop_seed(e.seed, -1), cp.steps, cp.guidance), keep_states)
 
     def encode(self, c: torch.Tensor) -> torch.Tensor:
         """The UNet states of free embeddings c (`dm2.dark_miner.Encoder`)."""
@@ -147,7 +147,7 @@ class DarkMiner:
         unet, scheduler = self.pipe.unet, self.pipe.scheduler
         i = len(state.log)
         start = time.time()
-        g = torch.Generator().manual_seed(e.seed * 1_000_003 + i)
+        g = torch.Generator().manual_seed(loop_seed(e.seed, i))
 
         # 1. mine and 2. verify: every candidate from its own k pool images; the best goes on
         mined = []  # (s, c, mining losses, pool images) per candidate
@@ -165,7 +165,7 @@ class DarkMiner:
         # 3. circumvent c (verified: s > tau), replaying earlier verified embeddings
         if s > v.tau:
             with adapters_disabled(unet), frozen(unet):
-                state.originals[i] = generate_latents(self.pipe, self.encode(c).expand(cp.images, -1, -1), e.seed * 1_000_003 + i, cp.steps, cp.guidance)
+                state.originals[i] = generate_latents(self.pipe, self.encode(c).expand(cp.images, -1, -1), loop_seed(e.seed, i), cp.steps, cp.guidance)
             # This loop's c first, then the earlier verified ones, for pick_target
             order = [i] + state.verified
             if cp.replay == "loop":

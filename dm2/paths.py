@@ -10,12 +10,13 @@ from pathlib import Path
 # Data the pipeline makes.
 PROMPTS_DIR = Path("data/prompts")  # {concept}.csv, others_{concept}.csv
 POOL_DIR = Path("data/pool")
+POOL_FILE = POOL_DIR / "latents.safetensors"  # written by stage pool, read by erase
 
 # The shipped world (also the default `models` params).
 WORLD_DIR = Path("artifacts/world")
 WORLD_SD = WORLD_DIR / "sd"
-WORLD_CLIP = WORLD_DIR / "clip.safetensors"
-WORLD_JUDGE = WORLD_DIR / "judge.safetensors"
+WORLD_CLIP_FILE = WORLD_DIR / "clip.safetensors"
+WORLD_JUDGE_FILE = WORLD_DIR / "judge.safetensors"
 TRAIN_DIFFUSION_METRICS = Path("metrics/train_diffusion.json")
 TRAIN_CLIP_METRICS = Path("metrics/train_clip.json")
 TRAIN_JUDGE_METRICS = Path("metrics/train_judge.json")

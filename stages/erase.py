@@ -30,12 +30,9 @@ from dm2.params import (
     ModelsParams,
     VerifyParams,
 )
+from dm2.paths import ERASE_METRICS, ERASE_PLOT, POOL_FILE
 from dm2.provenance import code_version, weights_hash
 
-POOL_FILE = Path("data/pool/latents.safetensors")
-OUT_DIR = method_dir("dm2")
-METRICS = Path("metrics/erase.json")
-PLOT = Path("plots/erase_s.json")
 CHECKPOINT = "checkpoint.safetensors"
 
 
@@ -148,7 +145,7 @@ def main() -> None:
         },
         sort_keys=True,
     )
-    state = erase(pipe, clip, pool["latents"].to(device), pool["images"].to(device), settings, OUT_DIR, run_id, concept.prompt)
+    state = erase(pipe, clip, pool["latents"].to(device), pool["images"].to(device), settings, method_dir("dm2"), run_id, concept.prompt)
     write_json(
         {
             "loops": len(state.log),
@@ -157,9 +154,9 @@ def main() -> None:
             "stopped_by": state.stop,
             "seconds": round(sum(r["seconds"] for r in state.log), 1),
         },
-        METRICS,
+        ERASE_METRICS,
     )
-    write_json([{"loop": r["loop"], "s": r["s"], "s_after": r["s_after"], "tau": settings.verify.tau} for r in state.log], PLOT)
+    write_json([{"loop": r["loop"], "s": r["s"], "s_after": r["s_after"], "tau": settings.verify.tau} for r in state.log], ERASE_PLOT)
 
 
 if __name__ == "__main__":

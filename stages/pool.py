@@ -21,7 +21,7 @@ from dm2.diffusion import (
 from dm2.io import save_tensors
 from dm2.models import resolve_device
 from dm2.params import ConceptParams, ModelsParams, PoolParams
-from dm2.paths import POOL_DIR
+from dm2.paths import POOL_DIR, POOL_FILE
 
 
 
@@ -42,7 +42,7 @@ def save_pool(latents: torch.Tensor, images: torch.Tensor, prompt: str, out_dir:
     image_dir.mkdir(parents=True, exist_ok=True)
     for i, arr in enumerate(to_uint8(images)):
         Image.fromarray(arr).save(image_dir / f"{i:04d}.png")
-    save_tensors({"latents": latents.float(), "images": images.float()}, out_dir / "latents.safetensors", {"prompt": prompt})
+    save_tensors({"latents": latents.float(), "images": images.float()}, out_dir / POOL_FILE.name, {"prompt": prompt})
 
 
 def main() -> None:
