@@ -44,3 +44,7 @@ ATTACK_GRIDS = Path("plots/attacks")
 COMPARE_DIR = Path("artifacts/compare")
 COMPARE_METRICS_DIR = Path("metrics/compare")
 REPORTS_DIR = Path("reports")
+
+# Not a DVC output: finished image batches of a running stage (`dm2.sharding`), kept when
+# it is killed (DVC empties a stage's outputs before it runs) and removed when it ends.
+SHARDS_DIR = Path(".shards")

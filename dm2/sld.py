@@ -9,6 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from dm2.diffusion import encode_prompts
+from dm2.io import fingerprint
 from dm2.params import SLDParams
 
 SLD_PRESETS: dict[str, SLDParams] = {
@@ -33,6 +34,9 @@ class SafetyGuidance:
 
     def reset(self) -> None:
         self.momentum = None
+
+    def key(self) -> str:
+        return fingerprint("sld", self.params, data=self.states)
 
     @torch.no_grad()
     def __call__(

@@ -44,7 +44,8 @@ from dm2.params import (
     WorldParams,
     check_method,
 )
-from dm2.paths import CONCEPT_IMAGES, EVAL_BASE_DIR, EVAL_DIR, EVAL_GRIDS, EVAL_METRICS
+from dm2.paths import CONCEPT_IMAGES, EVAL_BASE_DIR, EVAL_DIR, EVAL_GRIDS, EVAL_METRICS, SHARDS_DIR
+from dm2.sharding import clear_shards, process_state
 
 # The base model is measured once (stage evaluate_base), not again for every erased model.
 BASE_METRICS = "metrics.json"  # in EVAL_BASE_DIR
@@ -54,9 +55,11 @@ BASE_IMAGES = "grid_rows.safetensors"
 def evaluate_base(
     pipe: StableDiffusionPipeline, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams,
     second: tuple[str, Judge] | None = None,
+    shards: Path | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The base model's metrics and grid rows; the erased models are compared against them."""
-    metrics, concept_row, other_row = measure(pipe, judge, clip, data, concept, p, second=second)
+    """The base model's metrics and grid rows; the erased models are compared against them.
+    `shards`: where finished image batches are kept (`dm2.evaluation.measure`)."""
+    metrics, concept_row, other_row = measure(pipe, judge, clip, data, concept, p, second=second, shards=shards)
     return metrics, {"concept": concept_row, "other": other_row}
 
 
@@ -70,13 +73,14 @@ def evaluate(
     p: EvaluateParams,
     base: tuple[dict, dict[str, torch.Tensor]],
     second: tuple[str, Judge] | None = None,
+    shards: Path | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """The pipeline made into the erased model of the method folder `erased_dir`
     (`dm2.methods.apply_method`), measured beside `base` (`evaluate_base` on the same set)."""
     start = time.time()
     base_metrics, base_rows = base
     guide = apply_method(pipe, erased_dir)
-    erased, erased_concept, erased_other = measure(pipe, judge, clip, data, concept, p, guide, second)
+    erased, erased_concept, erased_other = measure(pipe, judge, clip, data, concept, p, guide, second, shards)
     metrics = {"base": base_metrics, "erased": erased, "seconds": round(time.time() - start, 1)}
     grids = {"concept": torch.stack([base_rows["concept"], erased_concept]), "other": torch.stack([base_rows["other"], erased_other])}
     return metrics, grids
@@ -120,14 +124,24 @@ def main() -> None:
     data = load_eval_set(concept.name, world, p, judge, device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
     pipe = load_pipeline(models.diffusion, device)
+    # Image batches are kept as they finish (a killed run redoes only the rest) and spread
+    # over the processes of `accelerate launch`; only the main process writes the outputs.
+    state, shards = process_state(), SHARDS_DIR / f"evaluate_{which}"
     if base is None:
         start = time.time()
-        base = evaluate_base(pipe, judge, clip, data, concept.name, p, second)
+        base = evaluate_base(pipe, judge, clip, data, concept.name, p, second, shards)
         seconds = time.time() - start
-        save_base(base, seconds, key, EVAL_BASE_DIR)
-        print({"base": base[0], "seconds": round(seconds, 1)})
+        state.wait_for_everyone()  # every process has read the shards back
+        if state.is_main_process:
+            save_base(base, seconds, key, EVAL_BASE_DIR)
+            clear_shards(shards)
+            print({"base": base[0], "seconds": round(seconds, 1)})
         return
-    metrics, grids = evaluate(pipe, method_dir(method), judge, clip, data, concept.name, p, base, second)
+    metrics, grids = evaluate(pipe, method_dir(method), judge, clip, data, concept.name, p, base, second, shards)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return
+    clear_shards(shards)
     write_json(metrics, EVAL_METRICS)
     save_tensors({"base": grids["concept"][0], method: grids["concept"][1]}, EVAL_DIR / CONCEPT_IMAGES)
     EVAL_GRIDS.mkdir(parents=True, exist_ok=True)
