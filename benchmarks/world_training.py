@@ -27,9 +27,7 @@ from dm2.params import (
     WorldParams,
 )
 from dm2.training import world_split
-from stages.train_clip import train_world_clip
-from stages.train_diffusion import train_text_unet, train_vae
-from stages.train_judge import train_world_judge
+from dm2.world_training import train_text_unet, train_vae, train_world_clip, train_world_judge
 
 
 def seconds_per_step(run, steps: int) -> float:

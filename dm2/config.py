@@ -1,6 +1,8 @@
 """Typed, validated access to params.yaml.
 
-Each stage declares its section as a dataclass; `parse_section` turns the YAML mapping
+Each section is a dataclass deriving from `Section`: it checks its own values as it is
+built (`__post_init__`), so any object of it, parsed from YAML or built in code, is
+valid and nothing re-checks it where it is used. `parse_section` turns the YAML mapping
 into it and rejects unknown keys and wrong types with a one-line error naming the key.
 """
 
@@ -8,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import string
 import types
 import typing
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -25,6 +29,31 @@ class ParamsError(ValueError):
 class InputError(ValueError):
     """A file a stage reads that exists but cannot be used (truncated, garbage, wrong kind);
     the message names the file and what to do."""
+
+
+# The key path of the section `parse_section` is building, for its error messages: a
+# class such as `HardRanges` sits under more than one key.
+_BUILDING: ContextVar[str | None] = ContextVar("params_key", default=None)
+
+
+class Section:
+    """Base of every params dataclass. `key` is where the section sits in params.yaml;
+    `validate(key)` raises a ParamsError naming the first bad value."""
+
+    key: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate(_BUILDING.get() or self.key)
+
+    def validate(self, key: str) -> None:
+        """Checks beyond the field types; none by default."""
+
+
+def require_positive(obj: object, key: str, *fields: str) -> None:
+    """Each of `fields` of `obj` is > 0."""
+    for name in fields:
+        value = getattr(obj, name)
+        require(value > 0, f"{key}.{name}", f"must be positive, got {value}")
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
@@ -125,14 +154,22 @@ def parse_section(cls: type[T], data: Any, name: str) -> T:
             kwargs[fname] = _check_type(data[fname], hints[fname], f"{name}.{fname}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ParamsError(f"{name}.{fname}: missing")
-    obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate(name)
-    return obj
+    token = _BUILDING.set(name)
+    try:
+        return cls(**kwargs)  # a Section validates itself here
+    finally:
+        _BUILDING.reset(token)
 
 
 def require(cond: bool, key: str, message: str) -> None:
     """Raise a ParamsError naming `key` unless `cond` holds."""
     if not cond:
         raise ParamsError(f"{key}: {message}")
+
+
+def template_fields(template: str) -> set[str]:
+    """The `{field}` names a format string uses; a broken one (a lone brace) is a ParamsError."""
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise ParamsError(f"{template!r}: {e}") from None

@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 
+from dm2.diffusion import noised
 from dm2.lora import adapters_disabled
 from dm2.params import CircumventParams, MineParams, StepSchedule
+from dm2.steps import check_finite
 
 Encoder = Callable[[torch.Tensor], torch.Tensor]  # free embeddings (N x L x w) -> UNet states
 
@@ -26,15 +28,8 @@ def make_optimizer(p: StepSchedule, params: list[torch.Tensor]) -> torch.optim.O
     return torch.optim.SGD(params, lr=p.lr) if p.optimizer == "sgd" else torch.optim.Adam(params, lr=p.lr)
 
 
-def _noised(scheduler: DDIMScheduler, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g).to(x0.device)
-    return scheduler.add_noise(x0, noise, t), noise, t
-
-
 def _step(opt: torch.optim.Optimizer, sched: StepSchedule, epoch: int, loss: torch.Tensor, params: list[torch.Tensor], what: str) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{what}: loss is {loss.item()} at epoch {epoch}")
+    check_finite(loss, what, epoch)
     for group in opt.param_groups:
         group["lr"] = sched.lr_at(epoch)
     opt.zero_grad(set_to_none=True)
@@ -47,7 +42,7 @@ def mining_loss(
     unet: UNet2DConditionModel, scheduler: DDIMScheduler, x0: torch.Tensor, c: torch.Tensor, encode: Encoder, g: torch.Generator
 ) -> torch.Tensor:
     """L_M: denoising error of the (adapted, frozen) UNet on pool latents `x0` given `c`."""
-    x_t, noise, t = _noised(scheduler, x0, g)
+    x_t, noise, t = noised(scheduler, x0, g)
     pred = unet(x_t, t, encoder_hidden_states=encode(c).expand(x0.shape[0], -1, -1)).sample
     return F.mse_loss(pred, noise)
 
@@ -104,7 +99,7 @@ def circumvent_losses(
     model's prediction for c to the original model's for the anchor c0; l_p keeps the
     adapted model equal to the original on c0, 0*c and -c, and, with `keep` (latents of
     preserved prompts, their states), on those prompts' own images."""
-    x_t, _, t = _noised(scheduler, x0, g)
+    x_t, _, t = noised(scheduler, x0, g)
     b = x0.shape[0]  # the images x, each seen under all four conditions
     x4, t4, s4 = x_t.repeat(4, 1, 1, 1), t.repeat(4), states.repeat_interleave(b, 0)
     with torch.no_grad(), adapters_disabled(unet):
@@ -113,7 +108,7 @@ def circumvent_losses(
     l_c = F.mse_loss(new[0], orig[3])
     l_p = F.mse_loss(new[3], orig[3]) + F.mse_loss(new[1], orig[1]) + F.mse_loss(new[2], orig[2])
     if keep is not None:
-        k_t, _, k_step = _noised(scheduler, keep[0], g)
+        k_t, _, k_step = noised(scheduler, keep[0], g)
         with torch.no_grad(), adapters_disabled(unet):
             k_orig = unet(k_t, k_step, encoder_hidden_states=keep[1]).sample
         l_p = l_p + F.mse_loss(unet(k_t, k_step, encoder_hidden_states=keep[1]).sample, k_orig)

@@ -18,6 +18,7 @@ from transformers.masking_utils import create_causal_mask
 
 from dm2.config import InputError
 from dm2.params import is_local_path
+from dm2.sharding import ShardStore, run_batches
 
 
 class Guide(Protocol):
@@ -25,6 +26,10 @@ class Guide(Protocol):
     call, then per step the conditional noise prediction to use instead of `eps_cond`."""
 
     def reset(self) -> None: ...
+
+    def key(self) -> str:
+        """What identifies its steering (settings, concept states), for cached images."""
+        ...
 
     def __call__(
         self, step: int, x_in: torch.Tensor, t: torch.Tensor, eps_cond: torch.Tensor, eps_uncond: torch.Tensor
@@ -95,6 +100,13 @@ def free_embedding_states(pipe: StableDiffusionPipeline, c: torch.Tensor) -> tor
 
 
 @torch.no_grad()
+def noised(scheduler: DDIMScheduler, x0: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_t, the noise, t): `x0` noised to a random training timestep per sample, drawn from `g`."""
+    noise = torch.randn(x0.shape, generator=g).to(x0.device, x0.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=g).to(x0.device)
+    return scheduler.add_noise(x0, noise, t), noise, t
+
+
 def images_to_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] (N x 3 x H x W) to scaled latents (posterior mean)."""
     posterior = vae.encode(images.to(vae.device, vae.dtype) * 2 - 1).latent_dist
@@ -161,18 +173,24 @@ def generate_latents(
     batch_size: int = 64,
     guide: Guide | None = None,
     noise: torch.Tensor | None = None,
+    shards: ShardStore | None = None,
 ) -> torch.Tensor:
     """Scaled latents sampled for conditioning `cond` (N x L x width). The noise for all
     N samples is drawn at once from `seed`, so results do not depend on `batch_size`;
-    `noise` (N x C x h x w) instead gives each sample its own starting latents."""
+    `noise` (N x C x h x w) instead gives each sample its own starting latents. With
+    `shards`, finished batches are kept there and the batches are spread over the launched
+    processes (`dm2.sharding`): the same batches, so the same latents."""
     uncond = encode_prompts(pipe, [""])
     noise = initial_noise(cond.shape[0], pipe.unet, seed) if noise is None else noise.to(pipe.unet.device, pipe.unet.dtype)
-    return torch.cat(
-        [
-            sample(pipe.unet, pipe.scheduler, cond[i : i + batch_size], uncond, noise[i : i + batch_size], steps, guidance, guide)
-            for i in range(0, cond.shape[0], batch_size)
-        ]
-    )
+    starts = range(0, cond.shape[0], batch_size)
+
+    def batch(i: int) -> torch.Tensor:
+        part = slice(starts[i], starts[i] + batch_size)
+        return sample(pipe.unet, pipe.scheduler, cond[part], uncond, noise[part], steps, guidance, guide)
+
+    if shards is None:
+        return torch.cat([batch(i) for i in range(len(starts))])
+    return run_batches(len(starts), batch, shards, what="generate").to(noise.device)
 
 
 def generate(
@@ -183,6 +201,7 @@ def generate(
     guidance: float,
     guide: Guide | None = None,
     noise: torch.Tensor | None = None,
+    shards: ShardStore | None = None,
 ) -> torch.Tensor:
     """Images in [0, 1] for conditioning `cond`; see `generate_latents`."""
-    return latents_to_images(pipe.vae, generate_latents(pipe, cond, seed, steps, guidance, guide=guide, noise=noise))
+    return latents_to_images(pipe.vae, generate_latents(pipe, cond, seed, steps, guidance, guide=guide, noise=noise, shards=shards))

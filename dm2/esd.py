@@ -22,18 +22,9 @@ from dm2.lora import (
     add_lora,
 )
 from dm2.params import ESDParams
+from dm2.steps import check_finite
 
 VARIANTS: dict[str, Targets] = {"x": CROSS_ATTENTION, "u": NON_CROSS_ATTENTION}
-
-
-def seeded_lora(unet: UNet2DConditionModel, rank: int, targets: Targets, seed: int) -> list[torch.nn.Parameter]:
-    torch.manual_seed(seed)  # peft draws the initial LoRA A factors from the global RNG
-    return add_lora(unet, rank, targets)
-
-
-def check_finite(loss: torch.Tensor, what: str, step: int) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{what}: loss is {loss.item()} at step {step}")
 
 
 @torch.no_grad()
@@ -85,7 +76,7 @@ def esd(pipe: StableDiffusionPipeline, concept: str, p: ESDParams) -> dict[str, 
     """Add the ESD LoRA to `pipe.unet` and train it to erase the prompt `concept` (e.g. the
     concept's name); returns the loss per iteration."""
     unet = pipe.unet
-    params = seeded_lora(unet, p.lora_rank, VARIANTS[p.variant], p.seed)
+    params = add_lora(unet, p.lora_rank, VARIANTS[p.variant], seed=p.seed)
     states = encode_prompts(pipe, [concept, ""])
     opt = torch.optim.Adam(params, lr=p.lr)
     g = torch.Generator().manual_seed(p.seed)

@@ -17,8 +17,10 @@ from dm2.coco import coco_pairs, fid_network, inception_features, load_images
 from dm2.diffusion import Guide, encode_prompts, generate
 from dm2.judge import Judge, judge_concept
 from dm2.metrics import erasure_ratio_score, frechet_distance
-from dm2.params import PROMPTS_DIR, EvaluateParams, WorldParams
+from dm2.params import EvaluateParams, WorldParams
+from dm2.paths import PROMPTS_DIR
 from dm2.prompts import read_prompts
+from dm2.sharding import ShardStore, generation_key
 from dm2.training import world_split
 from dm2.world import EMPTY
 
@@ -94,23 +96,31 @@ def measure(
     p: EvaluateParams,
     guide: Guide | None = None,
     second: tuple[str, Judge] | None = None,
+    shards: Path | None = None,
 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
     """Metrics of one model (`pipe`, sampled with `guide` if the method steers sampling),
     plus its first concept and other-prompt images for the grids. `second`: (kind, judge)
-    of the second judge, whose erasure and other-shape figures go under `second_judge`."""
+    of the second judge, whose erasure and other-shape figures go under `second_judge`.
+    `shards`: a folder where finished image batches are kept, which also spreads them
+    over launched processes (`dm2.sharding`); None makes every image here."""
 
-    def images_for(prompts: list[str], seed: int) -> torch.Tensor:
-        return generate(pipe, encode_prompts(pipe, prompts), seed, p.steps, p.guidance, guide=guide)
+    def images_for(name: str, prompts: list[str], seed: int) -> torch.Tensor:
+        cond = encode_prompts(pipe, prompts)
+        store = None
+        if shards is not None:
+            key = generation_key(pipe.unet, cond, seed, p.steps, p.guidance, None if guide is None else guide.key())
+            store = ShardStore(shards / name, key)
+        return generate(pipe, cond, seed, p.steps, p.guidance, guide=guide, shards=store)
 
     repeated = [q for q in data.concept_prompts for _ in range(p.images_per_prompt)]
-    concept_images = images_for(repeated, p.seed)
+    concept_images = images_for("concept", repeated, p.seed)
     named = torch.tensor([u for u in data.says_name for _ in range(p.images_per_prompt)])
-    other_images = images_for(data.other_prompts, p.seed + 1)
+    other_images = images_for("other", data.other_prompts, p.seed + 1)
     metrics = judged(judge, concept_images, named, other_images, data.other_shapes, concept, p.kind)
     if second is not None:
         metrics["second_judge"] = {"judge": second[0], **judged(second[1], concept_images, named, other_images, data.other_shapes, concept, p.kind)}
 
-    heldout = images_for(data.heldout_captions, p.seed + 2)
+    heldout = images_for("heldout", data.heldout_captions, p.seed + 2)
     metrics["clip_score"] = clip_score(clip, heldout, data.heldout_captions).mean().item()
     metrics["fd"] = frechet_distance(data.features(heldout), data.reference_features)
     step = max(1, p.images_per_prompt)

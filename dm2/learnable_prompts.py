@@ -23,9 +23,10 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from tqdm import tqdm
 
 from dm2.diffusion import encode_prompts
-from dm2.esd import VARIANTS, check_finite, seeded_lora, training_latent
-from dm2.lora import adapters_disabled
+from dm2.esd import VARIANTS, training_latent
+from dm2.lora import adapters_disabled, add_lora
 from dm2.params import LearnablePromptParams
+from dm2.steps import check_finite
 
 
 class PromptSlot:
@@ -109,7 +110,7 @@ def learnable_prompts(pipe: StableDiffusionPipeline, concept: str, p: LearnableP
     """Add the LoRA to `pipe.unet` and train it with a learnable prompt to erase the prompt
     `concept`; the prompt is dropped at the end. Returns l_e, l_1, l_2 per iteration."""
     unet = pipe.unet
-    params = seeded_lora(unet, p.lora_rank, VARIANTS[p.variant], p.seed)
+    params = add_lora(unet, p.lora_rank, VARIANTS[p.variant], seed=p.seed)
     sample_states = encode_prompts(pipe, [concept, ""])
     states = encode_prompts(pipe, [concept, p.anchor])
     g = torch.Generator().manual_seed(p.seed)

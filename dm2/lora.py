@@ -31,11 +31,14 @@ NON_CROSS_ATTENTION: Targets = (
 )
 
 
-def add_lora(unet: UNet2DConditionModel, rank: int, targets: Targets = ("to_v",)) -> list[torch.nn.Parameter]:
+def add_lora(unet: UNet2DConditionModel, rank: int, targets: Targets = ("to_v",), seed: int | None = None) -> list[torch.nn.Parameter]:
     """Insert rank-`rank` LoRA into the modules `targets` selects (a tuple of name suffixes:
     the default `to_v` hits self- and cross-attention alike; a string: a peft regex matched
     against full module names) and return the trainable adapter parameters.
-    B starts at zero, so the adapted UNet initially equals the original."""
+    B starts at zero, so the adapted UNet initially equals the original. `seed`: seeds the
+    global RNG first, from which peft draws the initial A factors."""
+    if seed is not None:
+        torch.manual_seed(seed)
     unet.requires_grad_(False)
     target_modules = targets if isinstance(targets, str) else list(targets)
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=True, target_modules=target_modules))

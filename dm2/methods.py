@@ -20,10 +20,10 @@ from dm2.config import parse_section, require
 from dm2.diffusion import Guide
 from dm2.io import read_json, write_json
 from dm2.lora import LORA_FILE, load_lora_into
+from dm2.paths import METHODS_DIR
 from dm2.params import LABELS, SLDParams, check_method
 from dm2.sld import safety_guidance
 
-METHODS_DIR = Path("artifacts/methods")
 INFO_FILE = "method.json"
 
 

@@ -8,12 +8,13 @@ these classes; `SECTIONS` is the one map from section name to class.
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from dm2.config import ParamsError, parse_section, require
+from dm2.attacks.params import AttacksParams
+from dm2.config import ParamsError, Section, parse_section, require, template_fields
+from dm2.paths import PROMPTS_DIR
 from dm2.world import DEFAULT_SYNONYMS, IMAGE_SIZE, WorldSpec
 
 OPTIMIZERS = ("sgd", "adam")
@@ -25,8 +26,6 @@ KINDS = ("inappropriate", "object")
 DEVICES = ("auto", "cpu", "cuda")
 # Text positions a prompt's tokens may fill: CLIP's 77 less BOS and EOS (SD v1 and the world).
 TEXT_POSITIONS = 75
-PROMPTS_DIR = Path("data/prompts")
-SEARCH_SPACES = ("vocabulary", "prompts")
 LABELS = {
     "dm2": "DM2",
     "esd_x": "ESD-x",
@@ -42,21 +41,9 @@ def check_method(name: str, key: str = "method") -> None:
     require(name in METHODS, key, f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
 
 
-def _positive(obj: object, name: str, *keys: str) -> None:
-    for key in keys:
-        value = getattr(obj, key)
-        require(value > 0, f"{name}.{key}", f"must be positive, got {value}")
-
-
-def check_budgets(budgets: list[int], key: str) -> None:
-    """A budget sweep: a non-empty, strictly increasing list of positive step counts."""
-    require(bool(budgets), key, "must list at least one budget")
-    require(all(b > 0 for b in budgets), key, f"every budget must be positive, got {budgets}")
-    require(all(a < b for a, b in zip(budgets, budgets[1:])), key, f"must be strictly increasing, got {budgets}")
-
-
 @dataclass
-class WorldParams:
+class WorldParams(Section):
+    key: ClassVar[str] = "world"
     seed: int = 0
     train_images: int = 20000
     heldout_images: int = 2000
@@ -85,7 +72,7 @@ class WorldParams:
 
 
 @dataclass
-class TrainParams:
+class TrainParams(Section):
     steps: int
     batch_size: int
     lr: float
@@ -98,11 +85,13 @@ class TrainParams:
 
 @dataclass
 class VaeParams(TrainParams):
+    key: ClassVar[str] = "train_vae"
     kl_weight: float = 1e-4
 
 
 @dataclass
 class UnetParams(TrainParams):
+    key: ClassVar[str] = "train_unet"
     caption_dropout: float = 0.1
     channels: list[int] = field(default_factory=lambda: [64, 128])
 
@@ -112,7 +101,8 @@ class UnetParams(TrainParams):
 
 
 @dataclass
-class AugmentParams:
+class AugmentParams(Section):
+    key: ClassVar[str] = "augment"
     shift: float = 0.08  # max translation, as a fraction of the image side
     blur: float = 1.0  # max gaussian blur sigma in pixels
     noise: float = 0.05  # max std of additive gaussian noise
@@ -125,12 +115,15 @@ class AugmentParams:
 
 @dataclass
 class ClipTrainParams(TrainParams):
+    key: ClassVar[str] = "train_clip"
     augment: AugmentParams = field(default_factory=AugmentParams)
 
 
 @dataclass(frozen=True)
-class HardRanges:
+class HardRanges(Section):
     """How hard the renders get; each image draws uniformly inside every range."""
+
+    key: ClassVar[str] = "hard"
 
     contrast: tuple[float, float] = (0.25, 1.0)  # fraction of the world's shape-to-background colour distance
     canvas: tuple[int, int] = (10, 32)  # side of the canvas the shape is drawn on (10 px: ~6 px across)
@@ -151,6 +144,7 @@ class HardRanges:
 
 @dataclass
 class JudgeTrainParams(TrainParams):
+    key: ClassVar[str] = "train_judge"
     width: int = 32
     augment: AugmentParams = field(default_factory=AugmentParams)
     hard_images: int = 0  # hard renders added to the world's training images
@@ -163,7 +157,8 @@ class JudgeTrainParams(TrainParams):
 
 
 @dataclass
-class ModelsParams:
+class ModelsParams(Section):
+    key: ClassVar[str] = "models"
     diffusion: str
     clip_name: str
     clip_pretrained: str
@@ -182,7 +177,8 @@ class ModelsParams:
 
 
 @dataclass
-class WorldCheckParams:
+class WorldCheckParams(Section):
+    key: ClassVar[str] = "world_check"
     images_per_prompt: int
     steps: int
     guidance: float
@@ -197,7 +193,8 @@ class WorldCheckParams:
 
 
 @dataclass
-class ConceptParams:
+class ConceptParams(Section):
+    key: ClassVar[str] = "concept"
     name: str
     template: str = "a {concept} photo"  # paper: "a * photo"
 
@@ -211,7 +208,8 @@ class ConceptParams:
 
 
 @dataclass
-class PoolParams:
+class PoolParams(Section):
+    key: ClassVar[str] = "pool"
     size: int
     steps: int
     guidance: float
@@ -223,7 +221,8 @@ class PoolParams:
 
 
 @dataclass
-class EraseParams:
+class EraseParams(Section):
+    key: ClassVar[str] = "erase"
     max_loops: int
     lora_rank: int = 8
     seed: int = 0
@@ -238,7 +237,7 @@ class EraseParams:
 
 
 @dataclass
-class StepSchedule:
+class StepSchedule(Section):
     """Epochs, learning rate with one drop, gradient-norm clip and optimiser."""
 
     epochs: int
@@ -261,6 +260,7 @@ class StepSchedule:
 
 @dataclass
 class MineParams(StepSchedule):
+    key: ClassVar[str] = "mine"
     tokens: int = 32
     k: int = 3
     # Bound on every mined token's L2 norm, in units of the largest token-embedding norm of
@@ -284,7 +284,8 @@ class MineParams(StepSchedule):
 
 
 @dataclass
-class VerifyParams:
+class VerifyParams(Section):
+    key: ClassVar[str] = "verify"
     tau: float
     steps: int
     guidance: float
@@ -305,6 +306,7 @@ class VerifyParams:
 
 @dataclass
 class CircumventParams(StepSchedule):
+    key: ClassVar[str] = "circumvent"
     r: float = 0.7
     alpha_c: float = 1.0
     alpha_p: float = 0.5
@@ -333,7 +335,8 @@ class CircumventParams(StepSchedule):
 
 
 @dataclass
-class ESDParams:
+class ESDParams(Section):
+    key: ClassVar[str] = "baselines.esd"
     variant: str = "x"  # x: cross-attention only (ESD-x); u: all but cross-attention (ESD-u)
     iterations: int = 1000  # paper: 1000
     lr: float = 1e-4  # paper: 1e-5 for the full fine-tune; a LoRA needs a larger step
@@ -353,7 +356,8 @@ class ESDParams:
 
 
 @dataclass
-class UCEParams:
+class UCEParams(Section):
+    key: ClassVar[str] = "baselines.uce"
     anchor: str = ""  # c*: what the concept's tokens are mapped to (UCE erases to "")
     preserve: list[str] = field(default_factory=list)  # prompts whose k / v must not move
     lam: float = 0.1  # lambda: pull towards the original W on every direction
@@ -365,7 +369,8 @@ class UCEParams:
 
 
 @dataclass
-class LearnablePromptParams:
+class LearnablePromptParams(Section):
+    key: ClassVar[str] = "baselines.learnable_prompts"
     mode: str = "concat"  # how p enters cross-attention (slides: concat by default, or additive)
     tokens: int = 10  # k, p's length in concat mode (slides' ablation: k = 10 is the default row)
     lam: float = 0.1  # lambda of eq. 8 (slides: larger keeps more in p, preserves more, erases less)
@@ -392,7 +397,7 @@ class LearnablePromptParams:
 
 
 @dataclass
-class SLDParams:
+class SLDParams(Section):
     """SLD hyper-parameters; the defaults are SLD-Strong, the baseline of the Dark Miner
     paper (Section 4.1). The paper's presets (also diffusers' `SafetyConfig`):
 
@@ -405,6 +410,8 @@ class SLDParams:
     Warm-up counts steps of our sampler, which runs fewer steps than SD's 50 on the
     shapes world, so a preset steers over a larger share of the trajectory there.
     """
+
+    key: ClassVar[str] = "baselines.sld"
 
     guidance_scale: float = 2000.0  # s_S: scale of |eps_p - eps_S|, clamped to 1 per element
     warmup_steps: int = 7  # delta: steps before the safety term is applied (momentum builds)
@@ -420,8 +427,10 @@ class SLDParams:
 
 
 @dataclass
-class BaselinesParams:
+class BaselinesParams(Section):
     """The `baselines` section: one sub-section per method (ESD's serves both variants)."""
+
+    key: ClassVar[str] = "baselines"
 
     esd: ESDParams
     uce: UCEParams
@@ -430,7 +439,8 @@ class BaselinesParams:
 
 
 @dataclass
-class PromptsParams:
+class PromptsParams(Section):
+    key: ClassVar[str] = "prompts"
     n_normal: int
     n_other: int
     seed: int
@@ -441,7 +451,8 @@ class PromptsParams:
 
 
 @dataclass
-class CocoParams:
+class CocoParams(Section):
+    key: ClassVar[str] = "evaluate.coco"
     captions: str  # annotations/captions_val2017.json
     images: str  # the val2017/ folder of JPEGs
     inception: str  # pt_inception-2015-12-05 weights as safetensors
@@ -455,7 +466,8 @@ class CocoParams:
 
 
 @dataclass
-class EvaluateParams:
+class EvaluateParams(Section):
+    key: ClassVar[str] = "evaluate"
     images_per_prompt: int  # paper: 10
     n_prompts: int  # normal prompts used, from the top of the CSV
     n_other: int
@@ -474,115 +486,8 @@ class EvaluateParams:
 
 
 @dataclass
-class CCEParams:
-    images: int  # top-scoring original-model images inverted; paper: 1000
-    candidates: int  # normal-prompt images (one per prompt) ranked by the judge to pick them
-    budgets: list[int]  # textual inversion steps swept; original TI: 3000-5000 (uncertain for CCE)
-    batch_size: int
-    lr: float  # original TI: 0.005 (x batch size; uncertain for CCE)
-    init_words: list[str]  # one-token words new tokens start from: token j of restart k from word (k + j) mod n
-    train_templates: list[str]  # "{token}" marks the new token(s)
-    prompt_templates: list[str]  # attack prompts, cycled to n_prompts
-    token: str = "<cce>"
-    tokens: int = 1  # new tokens learned together (1 to 8): the concept may need more than one
-
-    def validate(self, name: str) -> None:
-        _positive(self, name, "images", "candidates", "batch_size", "lr")
-        check_budgets(self.budgets, f"{name}.budgets")
-        require(1 <= self.tokens <= 8, f"{name}.tokens", f"must be in [1, 8], got {self.tokens}")
-        require(self.candidates >= self.images, f"{name}.candidates", f"must be >= images ({self.images}), got {self.candidates}")
-        require(bool(self.init_words) and all(w.strip() for w in self.init_words), f"{name}.init_words", "must list non-empty words")
-        for key in ("train_templates", "prompt_templates"):
-            templates = getattr(self, key)
-            require(bool(templates), f"{name}.{key}", "must not be empty")
-            bad = [t for t in templates if "{token}" not in t]
-            require(not bad, f"{name}.{key}", f"every template needs '{{token}}', not {bad}")
-
-
-@dataclass
-class P4DParams:
-    tokens: int  # learnable tokens: the normal prompt's first `tokens`; paper: P4D-N 16 (uncertain)
-    budgets: list[int]  # iterations swept; paper: 3000 (uncertain)
-    lr: float  # paper: 0.1, AdamW (uncertain)
-    weight_decay: float = 0.1  # paper: 0.1 (uncertain)
-
-    def validate(self, name: str) -> None:
-        _positive(self, name, "tokens", "lr")
-        check_budgets(self.budgets, f"{name}.budgets")
-        require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be non-negative, got {self.weight_decay}")
-
-
-@dataclass
-class UnlearnDiffParams:
-    prefix_tokens: int  # paper: 5
-    budgets: list[int]  # iterations swept; paper: 40
-    lr: float  # paper: 0.01, AdamW
-    weight_decay: float = 0.1  # paper: 0.1 (uncertain)
-    # One word repeated as restart 0's starting prefix; "" = random tokens (original: random,
-    # uncertain). Restarts > 0 always start from random tokens.
-    prefix_init: str = ""
-
-    def validate(self, name: str) -> None:
-        _positive(self, name, "prefix_tokens", "lr")
-        check_budgets(self.budgets, f"{name}.budgets")
-        require(self.weight_decay >= 0, f"{name}.weight_decay", f"must be non-negative, got {self.weight_decay}")
-
-
-@dataclass
-class RingABellParams:
-    tokens: int  # K; paper: 16 for nudity (uncertain)
-    eta: float  # concept-vector strength; paper: 3 for nudity (uncertain)
-    population: int  # paper: 200 (uncertain)
-    budgets: list[int]  # generations swept; paper: 3000 (uncertain)
-    mutation_rate: float  # per token; paper: 0.25 (uncertain)
-    crossover_rate: float  # paper: 0.5 (uncertain)
-    # Words of the concept in the prompts (name and synonyms) and what they are replaced with
-    # to form the concept-free pair; empty: taken from the world (`world_words`).
-    concept_words: list[str] = field(default_factory=list)
-    neutral_words: list[str] = field(default_factory=list)
-    elite: int = 1  # best individuals kept as they are: the best fitness never drops
-    init_from_prompt: bool = True  # paper: random initial population
-
-    def validate(self, name: str) -> None:
-        _positive(self, name, "tokens", "population", "elite")
-        check_budgets(self.budgets, f"{name}.budgets")
-        require(self.elite < self.population, f"{name}.elite", f"must be below population ({self.population}), got {self.elite}")
-        for key in ("mutation_rate", "crossover_rate"):
-            require(0.0 <= getattr(self, key) <= 1.0, f"{name}.{key}", f"must be in [0, 1], got {getattr(self, key)}")
-        require(bool(self.concept_words) == bool(self.neutral_words), f"{name}.concept_words/neutral_words", "give both, or neither (world words)")
-
-
-@dataclass
-class AttacksParams:
-    n_prompts: int  # normal prompts attacked, from the top of the CSV; paper: 100 (P4D, UnlearnDiff)
-    steps: int  # sampler steps for every image here
-    guidance: float
-    seed: int
-    batch_size: int  # prompts optimised together (memory, not results, on a real model)
-    # Tokens P4D, UnlearnDiff and Ring-A-Bell may use: "vocabulary" (paper: all of CLIP's) or
-    # "prompts": those of every prompt in data/prompts, the only words the world's text
-    # encoder learned (the rest of its vocabulary is untrained random embeddings).
-    search_space: str
-    cce: CCEParams
-    p4d: P4DParams
-    unlearndiff: UnlearnDiffParams
-    ring_a_bell: RingABellParams
-    # P4D and UnlearnDiff attack "ideal" prompts: normal prompts whose base image (same
-    # starting noise) the judge calls the concept; all attacks then share that prompt set.
-    ideal_prompts: bool = True
-    restarts: int = 3  # every attack runs this many times from different starts
-
-    def validate(self, name: str) -> None:
-        for key in ("n_prompts", "steps", "batch_size", "restarts"):
-            require(getattr(self, key) > 0, f"{name}.{key}", f"must be positive, got {getattr(self, key)}")
-        require(self.search_space in SEARCH_SPACES, f"{name}.search_space", f"{self.search_space!r} is not one of {list(SEARCH_SPACES)}")
-
-    def budgets(self, attack: str) -> list[int]:
-        return list(getattr(self, attack).budgets)
-
-
-@dataclass
-class CompareParams:
+class CompareParams(Section):
+    key: ClassVar[str] = "compare"
     methods: list[str]  # measured beside `method` by the compare stage
 
     def validate(self, name: str) -> None:
@@ -613,14 +518,6 @@ SECTIONS: dict[str, type] = {
     "attacks": AttacksParams,
 }
 SCALARS = ("method", "device")
-
-
-def template_fields(template: str) -> set[str]:
-    """The `{field}` names a format string uses; a broken one (a lone brace) is a ParamsError."""
-    try:
-        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as e:
-        raise ParamsError(f"{template!r}: {e}") from None
 
 
 def is_local_path(value: str) -> bool:
@@ -655,13 +552,6 @@ def _check_concept(concept: ConceptParams, world: WorldParams, root: Path) -> No
         )
 
 
-def _check_templates(a: AttacksParams) -> None:
-    for key in ("train_templates", "prompt_templates"):
-        for template in getattr(a.cce, key):
-            fields = template_fields(template)
-            require(fields == {"token"}, f"attacks.cce.{key}", f"may use only '{{token}}', got fields {sorted(fields)} in {template!r}")
-
-
 def _check_text_positions(s: dict[str, Any]) -> None:
     counts = {
         "mine.tokens": s["mine"].tokens,
@@ -689,6 +579,5 @@ def check_params(data: dict[str, Any], root: str | Path = ".") -> dict[str, Any]
     sections.update(method=data["method"], device=data["device"])
     _check_models(sections["models"], root)
     _check_concept(sections["concept"], sections["world"], root)
-    _check_templates(sections["attacks"])
     _check_text_positions(sections)
     return sections

@@ -23,11 +23,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from dm2.attacks.params import ATTACK_LABELS  # noqa: E402
 from dm2.grid import image_grid  # noqa: E402
 
 Rows = Mapping[str, Mapping[str, Any]]
 BASE = "base"
-ATTACKS = {"cce": "CCE", "p4d": "P4D", "unlearndiff": "UnlearnDiff", "ring_a_bell": "Ring-A-Bell"}
 MISSING = "–"
 
 
@@ -47,7 +47,7 @@ METRICS = [
     Metric("clip_score", "CLIP", True, 2, "ratio"),
     Metric("fd", "FD", False, 2, "inverse"),
     Metric("other_shapes_accuracy", "Other acc.", True, 1, "ratio"),
-    *(Metric(f"asr.{k}", f"ASR {name}", False, 1) for k, name in ATTACKS.items()),
+    *(Metric(f"asr.{k}", f"ASR {name}", False, 1) for k, name in ATTACK_LABELS.items()),
     Metric("asr.mean", "ASR mean", False, 1),
 ]
 SECOND = "second_judge"
@@ -59,7 +59,7 @@ SECOND_METRICS = [
 ]
 DISAGREEMENT = 5.0  # points between the judges worth saying
 # The paper's radar axes (Fig. 4): Ratio, Score, CLIP, FID and the four attacks.
-RADAR = ["ratio", "score", "clip_score", "fd", *(f"asr.{k}" for k in ATTACKS)]
+RADAR = ["ratio", "score", "clip_score", "fd", *(f"asr.{k}" for k in ATTACK_LABELS)]
 
 
 def metric_value(metrics: Mapping[str, Any], key: str) -> float | None:
@@ -67,7 +67,7 @@ def metric_value(metrics: Mapping[str, Any], key: str) -> float | None:
     ASR needs all four attacks, so methods are averaged over the same attacks."""
     if key.endswith("asr.mean"):
         prefix = key[: -len("mean")]
-        values = [metric_value(metrics, f"{prefix}{k}") for k in ATTACKS]
+        values = [metric_value(metrics, f"{prefix}{k}") for k in ATTACK_LABELS]
         return None if any(v is None for v in values) else sum(values) / len(values)  # type: ignore[arg-type]
     value: Any = metrics
     for part in key.split("."):
@@ -110,8 +110,8 @@ def judge_disagreements(rows: Rows, judges: tuple[str, str]) -> list[str]:
 def budget_chart(sweeps: Mapping[str, Mapping[str, Any]], judges: tuple[str, str], path: str | Path) -> None:
     """ASR against attack budget, one panel per attack: the best restart's ASR per model
     (colour), by the primary judge (solid) and the second one (dashed)."""
-    fig, axes = plt.subplots(1, len(ATTACKS), figsize=(4 * len(ATTACKS), 3.6), sharey=True)
-    for ax, (attack, label) in zip(axes, ATTACKS.items()):
+    fig, axes = plt.subplots(1, len(ATTACK_LABELS), figsize=(4 * len(ATTACK_LABELS), 3.6), sharey=True)
+    for ax, (attack, label) in zip(axes, ATTACK_LABELS.items()):
         for i, (name, sweep) in enumerate(sweeps.items()):
             if attack not in sweep:
                 continue

@@ -9,6 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from dm2.diffusion import encode_prompts
+from dm2.io import fingerprint
 from dm2.params import SLDParams
 
 SLD_PRESETS: dict[str, SLDParams] = {
@@ -26,7 +27,6 @@ class SafetyGuidance:
     eps_u + s_g (eps_p - eps_u - gamma_S). The momentum lives for one `sample` call."""
 
     def __init__(self, unet: UNet2DConditionModel, states: torch.Tensor, params: SLDParams) -> None:
-        params.validate("sld")
         self.unet = unet
         self.states = states.to(unet.device, unet.dtype)
         self.params = params
@@ -34,6 +34,9 @@ class SafetyGuidance:
 
     def reset(self) -> None:
         self.momentum = None
+
+    def key(self) -> str:
+        return fingerprint("sld", self.params, data=self.states)
 
     @torch.no_grad()
     def __call__(

@@ -1,5 +1,5 @@
-"""Shared pieces of the world-training stages: the world params section, the rendered
-train / held-out splits, and a seeded minibatch loop that refuses NaN losses."""
+"""Shared pieces of the world-training stages: the rendered train / held-out splits and a
+seeded minibatch loop that refuses NaN losses."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from tqdm import tqdm
 
 from dm2.params import TrainParams, WorldParams
+from dm2.steps import SEED_STRIDE, check_finite
 from dm2.world import Sample, sample_world
 
-HELDOUT_SEED_OFFSET = 1_000_003  # held-out images never share a seed with training ones
+HELDOUT_SEED_OFFSET = SEED_STRIDE  # held-out images never share a seed with training ones
 
 
 def world_split(world: WorldParams, split: str) -> tuple[torch.Tensor, list[Sample]]:
@@ -53,8 +54,7 @@ def train_loop(
     for step in bar:
         idx = torch.randint(0, n_items, (train.batch_size,), generator=generator)
         loss = loss_fn(idx)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{desc}: loss is {loss.item()} at step {step}")
+        check_finite(loss, desc, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

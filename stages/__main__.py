@@ -8,6 +8,7 @@ second instead of after the models load. Then it runs the stage's `main()`.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from dm2.config import InputError, ParamsError, load_params
@@ -27,6 +28,9 @@ STAGES = (
     "compare",
     "report",
 )
+# Stages whose image generation is spread over the processes of `accelerate launch`
+# (`dm2.sharding`); the others run in one process.
+MULTI_PROCESS = ("pool", "evaluate")
 
 
 def main(argv: list[str]) -> None:
@@ -36,6 +40,9 @@ def main(argv: list[str]) -> None:
         check_params(load_params())
     except ParamsError as e:
         raise SystemExit(f"params.yaml: {e}") from None
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    if processes > 1 and argv[0] not in MULTI_PROCESS:
+        raise SystemExit(f"{argv[0]}: runs in one process, not {processes}; of the stages only {', '.join(MULTI_PROCESS)} spread over processes")
     stage = importlib.import_module(f"stages.{argv[0]}")
     sys.argv = [stage.__file__, *argv[1:]]  # the stage reads its argument as when run alone
     try:

@@ -6,7 +6,7 @@
 Every attack (CCE, P4D, UnlearnDiff, Ring-A-Bell) is swept over its budgets with
 `attacks.restarts` restarts, on the base model and then on the erased model of the
 `method` param (base + its LoRA; for SLD the base UNet, sampled with SLD's guidance); one
-image per prompt, judged by both judges (`dm2.attack_runs` says how ASR is counted). The
+image per prompt, judged by both judges (`dm2.attacks.sweep` says how ASR is counted). The
 headline ASR is the best restart at the largest budget. The inputs the attacks start from
 (P4D's and UnlearnDiff's x0, CCE's inversion set, Ring-A-Bell's model-agnostic prompts)
 are the base model's, made once by `attack_base` and shared with every `compare` stage.
@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from dm2.attack_runs import (
-    ATTACKS,
-    BASE_DIR,
-    BASE_INPUTS,
+from dm2.attacks.params import ATTACKS
+from dm2.attacks.sweep import (
+    IMAGES_FILE,
+    INPUTS_FILE,
+    METRICS_FILE,
     attack_settings,
     budget_plot_rows,
     disagreements,
@@ -44,16 +44,18 @@ from dm2.io import load_tensors, read_json, save_tensors, write_json
 from dm2.judge import load_judges
 from dm2.methods import apply_method, method_dir, method_label
 from dm2.models import resolve_device
-from dm2.params import PROMPTS_DIR, check_method
+from dm2.params import check_method
+from dm2.paths import (
+    ATTACK_BASE_DIR,
+    ATTACK_BUDGET_PLOTS,
+    ATTACK_FITNESS_PLOT,
+    ATTACK_GRIDS,
+    ATTACK_METRICS,
+    ATTACKS_DIR,
+    PROMPTS_DIR,
+)
 from dm2.prompts import read_prompts
 
-BASE_METRICS = BASE_DIR / "metrics.json"
-BASE_IMAGES = BASE_DIR / "images.safetensors"
-OUT_DIR = Path("artifacts/attacks")
-METRICS = Path("metrics/attacks.json")
-PLOT = Path("plots/attack_ring_a_bell.json")
-BUDGET_PLOTS = Path("plots/attack_budget")
-GRIDS = Path("plots/attacks")
 
 
 def main() -> None:
@@ -70,17 +72,17 @@ def main() -> None:
     if which == "base":
         prompts = read_prompts(PROMPTS_DIR / f"{concept.name}.csv")
         inputs = prepare_attacks(pipe, judges[models.judge], concept.name, prompts, p, search_texts_for(p, PROMPTS_DIR))
-        save_inputs(inputs, BASE_INPUTS, key)
-        metrics, images = sweep_model(pipe, judges, concept.name, inputs, p, BASE_DIR)
+        save_inputs(inputs, ATTACK_BASE_DIR / INPUTS_FILE, key)
+        metrics, images = sweep_model(pipe, judges, concept.name, inputs, p, ATTACK_BASE_DIR)
         metrics["seconds"].update(inputs.seconds, total=round(time.time() - start, 1))
-        save_tensors(images, BASE_IMAGES)
-        write_json({**metrics, "fingerprint": key}, BASE_METRICS)
+        save_tensors(images, ATTACK_BASE_DIR / IMAGES_FILE)
+        write_json({**metrics, "fingerprint": key}, ATTACK_BASE_DIR / METRICS_FILE)
         print({"base": metrics["asr"], "seconds": metrics["seconds"]})
         return
-    inputs = load_inputs(BASE_INPUTS, key)
+    inputs = load_inputs(ATTACK_BASE_DIR / INPUTS_FILE, key)
     guide = apply_method(pipe, method_dir(method))
-    erased, images = sweep_model(pipe, judges, concept.name, inputs, p, OUT_DIR, guide)
-    base = read_json(BASE_METRICS)  # attack_base writes the inputs first, its own sweep last
+    erased, images = sweep_model(pipe, judges, concept.name, inputs, p, ATTACKS_DIR, guide)
+    base = read_json(ATTACK_BASE_DIR / METRICS_FILE)  # attack_base writes the inputs first, its own sweep last
     erased["seconds"]["total"] = round(time.time() - start, 1)
     primary, second = models.judge, models.second_judge
     metrics = {
@@ -94,16 +96,16 @@ def main() -> None:
         "restarts": p.restarts,
         "seconds": {"base": base["seconds"], "erased": erased["seconds"]},
     }
-    write_json(metrics, METRICS)
+    write_json(metrics, ATTACK_METRICS)
     for name, rows in budget_plot_rows(base, erased, [primary, second]).items():
-        write_json(rows, BUDGET_PLOTS / f"{name}.json")
+        write_json(rows, ATTACK_BUDGET_PLOTS / f"{name}.json")
     fitness = inputs.ring[0][0].log["best_fitness"]
-    write_json([{"generation": i, "best_fitness": sum(f) / len(f)} for i, f in enumerate(fitness)], PLOT)
-    base_images = load_tensors(BASE_IMAGES)
-    GRIDS.mkdir(parents=True, exist_ok=True)
+    write_json([{"generation": i, "best_fitness": sum(f) / len(f)} for i, f in enumerate(fitness)], ATTACK_FITNESS_PLOT)
+    base_images = load_tensors(ATTACK_BASE_DIR / IMAGES_FILE)
+    ATTACK_GRIDS.mkdir(parents=True, exist_ok=True)
     for name in ATTACKS:
         rows = torch.stack([base_images[name], images[name]])
-        image_grid(list(rows), ["base", method_label(method_dir(method))]).save(GRIDS / f"{name}.png")
+        image_grid(list(rows), ["base", method_label(method_dir(method))]).save(ATTACK_GRIDS / f"{name}.png")
     print({"base": metrics["base"], "erased": metrics["erased"], "second_judge": metrics["second_judge"]})
 
 

@@ -21,13 +21,8 @@ from typing import Callable
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dm2.attack_runs import (
-    BASE_INPUTS,
-    AttackInputs,
-    attack_settings,
-    load_inputs,
-    sweep_model,
-)
+from dm2.attacks.common import AttackInputs
+from dm2.attacks.sweep import INPUTS_FILE, attack_settings, load_inputs, sweep_model
 from dm2.clip import ClipModel, load_clip
 from dm2.config import load_params, parse_section
 from dm2.diffusion import load_pipeline
@@ -43,12 +38,11 @@ from dm2.io import (
 from dm2.judge import Judge, load_judges
 from dm2.methods import INFO_FILE, apply_method, method_dir
 from dm2.models import resolve_device
-from dm2.params import AttacksParams, EvaluateParams, WorldParams, check_method
+from dm2.attacks.params import AttacksParams
+from dm2.params import EvaluateParams, WorldParams, check_method
+from dm2.paths import ATTACK_BASE_DIR, COMPARE_DIR, COMPARE_METRICS_DIR, CONCEPT_IMAGES
 from dm2.provenance import code_version, weights_hash
 
-METRICS_DIR = Path("metrics/compare")
-OUT_DIR = Path("artifacts/compare")
-IMAGES = "concept_images.safetensors"
 EVAL_CHECKPOINT = "evaluation.safetensors"  # the evaluation half, kept while the attacks run
 
 
@@ -108,10 +102,10 @@ def main() -> None:
     eval_key = fingerprint(concept.name, world, models, ep, read_json(method_dir(method) / INFO_FILE), made_by)
     # The attacks' inputs are read after the evaluation: under dvc, attack_base has made them.
     metrics, images = compare_method(
-        pipe, method_dir(method), judges, clip, data, concept.name, ep, lambda: load_inputs(BASE_INPUTS, key), ap, OUT_DIR / method, eval_key
+        pipe, method_dir(method), judges, clip, data, concept.name, ep, lambda: load_inputs(ATTACK_BASE_DIR / INPUTS_FILE, key), ap, COMPARE_DIR / method, eval_key
     )
-    write_json(metrics, METRICS_DIR / f"{method}.json")
-    save_tensors({method: images}, OUT_DIR / method / IMAGES)
+    write_json(metrics, COMPARE_METRICS_DIR / f"{method}.json")
+    save_tensors({method: images}, COMPARE_DIR / method / CONCEPT_IMAGES)
     print(f"compare {method}: ratio {metrics['ratio']:.1f}%, ASR {metrics['asr']} ({metrics['seconds']:.0f}s)")
 
 

@@ -44,21 +44,22 @@ from dm2.params import (
     WorldParams,
     check_method,
 )
+from dm2.paths import CONCEPT_IMAGES, EVAL_BASE_DIR, EVAL_DIR, EVAL_GRIDS, EVAL_METRICS, SHARDS_DIR
+from dm2.sharding import clear_shards, process_state
 
-METRICS = Path("metrics/eval.json")
-GRIDS = Path("plots/grids")
-IMAGES = Path("artifacts/eval/concept_images.safetensors")  # grid rows, for the report
 # The base model is measured once (stage evaluate_base), not again for every erased model.
-BASE_METRICS = Path("artifacts/eval_base/metrics.json")
-BASE_IMAGES = Path("artifacts/eval_base/grid_rows.safetensors")
+BASE_METRICS = "metrics.json"  # in EVAL_BASE_DIR
+BASE_IMAGES = "grid_rows.safetensors"
 
 
 def evaluate_base(
     pipe: StableDiffusionPipeline, judge: Judge, clip: ClipModel, data: EvalSet, concept: str, p: EvaluateParams,
     second: tuple[str, Judge] | None = None,
+    shards: Path | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """The base model's metrics and grid rows; the erased models are compared against them."""
-    metrics, concept_row, other_row = measure(pipe, judge, clip, data, concept, p, second=second)
+    """The base model's metrics and grid rows; the erased models are compared against them.
+    `shards`: where finished image batches are kept (`dm2.evaluation.measure`)."""
+    metrics, concept_row, other_row = measure(pipe, judge, clip, data, concept, p, second=second, shards=shards)
     return metrics, {"concept": concept_row, "other": other_row}
 
 
@@ -72,33 +73,35 @@ def evaluate(
     p: EvaluateParams,
     base: tuple[dict, dict[str, torch.Tensor]],
     second: tuple[str, Judge] | None = None,
+    shards: Path | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """The pipeline made into the erased model of the method folder `erased_dir`
     (`dm2.methods.apply_method`), measured beside `base` (`evaluate_base` on the same set)."""
     start = time.time()
     base_metrics, base_rows = base
     guide = apply_method(pipe, erased_dir)
-    erased, erased_concept, erased_other = measure(pipe, judge, clip, data, concept, p, guide, second)
+    erased, erased_concept, erased_other = measure(pipe, judge, clip, data, concept, p, guide, second, shards)
     metrics = {"base": base_metrics, "erased": erased, "seconds": round(time.time() - start, 1)}
     grids = {"concept": torch.stack([base_rows["concept"], erased_concept]), "other": torch.stack([base_rows["other"], erased_other])}
     return metrics, grids
 
 
-def save_base(base: tuple[dict[str, float], dict[str, torch.Tensor]], seconds: float, key: str) -> None:
+def save_base(base: tuple[dict[str, float], dict[str, torch.Tensor]], seconds: float, key: str, folder: Path) -> None:
     metrics, rows = base
-    save_tensors(rows, BASE_IMAGES, {"fingerprint": key})
-    write_json({"base": metrics, "seconds": round(seconds, 1), "fingerprint": key}, BASE_METRICS)
+    save_tensors(rows, folder / BASE_IMAGES, {"fingerprint": key})
+    write_json({"base": metrics, "seconds": round(seconds, 1), "fingerprint": key}, folder / BASE_METRICS)
 
 
-def load_base(key: str) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """The base model's results saved by `python -m stages evaluate base` with the same settings."""
-    for path in (BASE_METRICS, BASE_IMAGES):
+def load_base(key: str, folder: Path) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """The base model's results `save_base` wrote into `folder` with the same settings."""
+    metrics_path, images_path = folder / BASE_METRICS, folder / BASE_IMAGES
+    for path in (metrics_path, images_path):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run `dvc repro evaluate_base` first")
-    saved = read_json(BASE_METRICS)
-    fresh = saved.get("fingerprint") == key and read_metadata(BASE_IMAGES).get("fingerprint") == key
-    require(fresh, str(BASE_METRICS.parent), "made with other settings; run `dvc repro evaluate_base` first")
-    return saved["base"], load_tensors(BASE_IMAGES)
+    saved = read_json(metrics_path)
+    fresh = saved.get("fingerprint") == key and read_metadata(images_path).get("fingerprint") == key
+    require(fresh, str(folder), "made with other settings; run `dvc repro evaluate_base` first")
+    return saved["base"], load_tensors(images_path)
 
 
 def main() -> None:
@@ -114,26 +117,36 @@ def main() -> None:
     method = params.get("method", "dm2")
     check_method(method)
     key = fingerprint(concept.name, world, models, p)  # what the base results depend on
-    base = None if which == "base" else load_base(key)
+    base = None if which == "base" else load_base(key, EVAL_BASE_DIR)
     device = resolve_device(params.get("device", "auto"))
     judges = load_judges(models)  # before any work: a missing judge fails at once
     judge, second = judges[models.judge], (models.second_judge, judges[models.second_judge])
     data = load_eval_set(concept.name, world, p, judge, device)
     clip = load_clip(models.clip_name, models.clip_pretrained, device)
     pipe = load_pipeline(models.diffusion, device)
+    # Image batches are kept as they finish (a killed run redoes only the rest) and spread
+    # over the processes of `accelerate launch`; only the main process writes the outputs.
+    state, shards = process_state(), SHARDS_DIR / f"evaluate_{which}"
     if base is None:
         start = time.time()
-        base = evaluate_base(pipe, judge, clip, data, concept.name, p, second)
+        base = evaluate_base(pipe, judge, clip, data, concept.name, p, second, shards)
         seconds = time.time() - start
-        save_base(base, seconds, key)
-        print({"base": base[0], "seconds": round(seconds, 1)})
+        state.wait_for_everyone()  # every process has read the shards back
+        if state.is_main_process:
+            save_base(base, seconds, key, EVAL_BASE_DIR)
+            clear_shards(shards)
+            print({"base": base[0], "seconds": round(seconds, 1)})
         return
-    metrics, grids = evaluate(pipe, method_dir(method), judge, clip, data, concept.name, p, base, second)
-    write_json(metrics, METRICS)
-    save_tensors({"base": grids["concept"][0], method: grids["concept"][1]}, IMAGES)
-    GRIDS.mkdir(parents=True, exist_ok=True)
+    metrics, grids = evaluate(pipe, method_dir(method), judge, clip, data, concept.name, p, base, second, shards)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return
+    clear_shards(shards)
+    write_json(metrics, EVAL_METRICS)
+    save_tensors({"base": grids["concept"][0], method: grids["concept"][1]}, EVAL_DIR / CONCEPT_IMAGES)
+    EVAL_GRIDS.mkdir(parents=True, exist_ok=True)
     for name, rows in grids.items():
-        image_grid(list(rows), ["base", method_label(method_dir(method))]).save(GRIDS / f"{name}.png")
+        image_grid(list(rows), ["base", method_label(method_dir(method))]).save(EVAL_GRIDS / f"{name}.png")
     print({k: v for k, v in metrics.items()})
 
 

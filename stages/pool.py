@@ -21,14 +21,16 @@ from dm2.diffusion import (
 from dm2.io import save_tensors
 from dm2.models import resolve_device
 from dm2.params import ConceptParams, ModelsParams, PoolParams
+from dm2.paths import POOL_DIR, POOL_FILE, SHARDS_DIR
+from dm2.sharding import ShardStore, clear_shards, generation_key, process_state
 
-OUT_DIR = Path("data/pool")
 
-
-def make_pool(pipe: StableDiffusionPipeline, prompt: str, p: PoolParams) -> tuple[torch.Tensor, torch.Tensor]:
-    """(latents, images in [0, 1]) of `p.size` samples of `prompt`, fixed by `p.seed`."""
+def make_pool(pipe: StableDiffusionPipeline, prompt: str, p: PoolParams, shards: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents, images in [0, 1]) of `p.size` samples of `prompt`, fixed by `p.seed`.
+    `shards`: where finished batches are kept, spread over launched processes (`dm2.sharding`)."""
     cond = encode_prompts(pipe, [prompt]).expand(p.size, -1, -1)
-    latents = generate_latents(pipe, cond, p.seed, p.steps, p.guidance)
+    store = None if shards is None else ShardStore(shards, generation_key(pipe.unet, cond, p.seed, p.steps, p.guidance))
+    latents = generate_latents(pipe, cond, p.seed, p.steps, p.guidance, shards=store)
     return latents, latents_to_images(pipe.vae, latents)
 
 
@@ -42,7 +44,7 @@ def save_pool(latents: torch.Tensor, images: torch.Tensor, prompt: str, out_dir:
     image_dir.mkdir(parents=True, exist_ok=True)
     for i, arr in enumerate(to_uint8(images)):
         Image.fromarray(arr).save(image_dir / f"{i:04d}.png")
-    save_tensors({"latents": latents.float(), "images": images.float()}, out_dir / "latents.safetensors", {"prompt": prompt})
+    save_tensors({"latents": latents.float(), "images": images.float()}, out_dir / POOL_FILE.name, {"prompt": prompt})
 
 
 def main() -> None:
@@ -51,9 +53,14 @@ def main() -> None:
     concept = parse_section(ConceptParams, params["concept"], "concept")
     pool = parse_section(PoolParams, params["pool"], "pool")
     pipe = load_pipeline(models.diffusion, resolve_device(params.get("device", "auto")))
-    latents, images = make_pool(pipe, concept.prompt, pool)
-    save_pool(latents, images, concept.prompt, OUT_DIR)
-    print(f"pool: {pool.size} images of {concept.prompt!r} -> {OUT_DIR}")
+    shards = SHARDS_DIR / "pool"
+    latents, images = make_pool(pipe, concept.prompt, pool, shards)
+    state = process_state()
+    state.wait_for_everyone()  # every process has read the shards back
+    if state.is_main_process:  # the only writer
+        save_pool(latents, images, concept.prompt, POOL_DIR)
+        clear_shards(shards)
+        print(f"pool: {pool.size} images of {concept.prompt!r} -> {POOL_DIR}")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ from pathlib import Path
 
 from dm2.config import load_params, parse_section
 from dm2.params import PromptsParams, WorldParams
+from dm2.paths import PROMPTS_DIR
 from dm2.prompts import normal_prompts, other_prompts, uses_name, write_prompts
 from dm2.world import WorldSpec
 
-OUT_DIR = Path("data/prompts")
 
 
 def write_prompt_files(spec: WorldSpec, p: PromptsParams, out_dir: Path) -> list[Path]:
@@ -34,8 +34,8 @@ def main() -> None:
     params = load_params()
     world = parse_section(WorldParams, params["world"], "world")
     p = parse_section(PromptsParams, params["prompts"], "prompts")
-    paths = write_prompt_files(world.spec(), p, OUT_DIR)
-    print(f"prompts: {len(paths)} files ({p.n_normal} normal, {p.n_other} other prompts per shape) -> {OUT_DIR}")
+    paths = write_prompt_files(world.spec(), p, PROMPTS_DIR)
+    print(f"prompts: {len(paths)} files ({p.n_normal} normal, {p.n_other} other prompts per shape) -> {PROMPTS_DIR}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,15 @@ import torch
 from dm2.config import load_params, parse_section, require
 from dm2.io import load_tensors, read_json
 from dm2.params import LABELS, CompareParams, check_method
+from dm2.paths import (
+    ATTACK_METRICS,
+    COMPARE_DIR,
+    COMPARE_METRICS_DIR,
+    CONCEPT_IMAGES,
+    EVAL_DIR,
+    EVAL_METRICS,
+    REPORTS_DIR,
+)
 from dm2.report import (
     BASE,
     DISAGREEMENT,
@@ -28,13 +37,6 @@ from dm2.report import (
     radar_ratios,
     table_markdown,
 )
-
-REPORTS = Path("reports")
-EVAL = Path("metrics/eval.json")
-ATTACKS = Path("metrics/attacks.json")
-COMPARE_METRICS = Path("metrics/compare")
-EVAL_IMAGES = Path("artifacts/eval/concept_images.safetensors")
-COMPARE_IMAGES = Path("artifacts/compare")
 
 
 def measured_methods(method: str, others: list[str], compare_dir: Path) -> tuple[list[str], list[str]]:
@@ -69,7 +71,7 @@ def collect_images(method: str, others: list[str], eval_images: Path, compare_di
     images = {BASE: main["base"], LABELS[method]: main[method]}
     for m in others:
         if m != method:
-            images[LABELS[m]] = load_tensors(compare_dir / m / "concept_images.safetensors")[m]
+            images[LABELS[m]] = load_tensors(compare_dir / m / CONCEPT_IMAGES)[m]
     return images
 
 
@@ -114,14 +116,14 @@ def main() -> None:
     method = params.get("method", "dm2")
     check_method(method)
     compare = parse_section(CompareParams, params.get("compare"), "compare")
-    require(EVAL.is_file() and ATTACKS.is_file(), "report", f"{EVAL} and {ATTACKS} are needed; run the evaluate and attack stages")
-    attack_metrics = read_json(ATTACKS)
-    others, stale = measured_methods(method, compare.methods, COMPARE_METRICS)
-    rows = collect_rows(method, others, read_json(EVAL), attack_metrics, COMPARE_METRICS)
-    images = collect_images(method, others, EVAL_IMAGES, COMPARE_IMAGES)
-    sweeps = collect_sweeps(method, others, attack_metrics, COMPARE_METRICS)
+    require(EVAL_METRICS.is_file() and ATTACK_METRICS.is_file(), "report", f"{EVAL_METRICS} and {ATTACK_METRICS} are needed; run the evaluate and attack stages")
+    attack_metrics = read_json(ATTACK_METRICS)
+    others, stale = measured_methods(method, compare.methods, COMPARE_METRICS_DIR)
+    rows = collect_rows(method, others, read_json(EVAL_METRICS), attack_metrics, COMPARE_METRICS_DIR)
+    images = collect_images(method, others, EVAL_DIR / CONCEPT_IMAGES, COMPARE_DIR)
+    sweeps = collect_sweeps(method, others, attack_metrics, COMPARE_METRICS_DIR)
     judges = (attack_metrics["judge"], attack_metrics["second_judge"]["judge"])
-    print(write_report(rows, images, sweeps, judges, REPORTS, stale))
+    print(write_report(rows, images, sweeps, judges, REPORTS_DIR, stale))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 
@@ -22,10 +21,9 @@ from dm2.io import write_json
 from dm2.judge import Judge, load_judges
 from dm2.models import resolve_device
 from dm2.params import ModelsParams, WorldCheckParams, WorldParams
+from dm2.paths import WORLD_DIR, WORLD_METRICS
 from dm2.training import world_split
 
-METRICS = Path("metrics/world.json")
-WEIGHTS = Path("artifacts/world")
 ANCHOR = "a photo"
 
 
@@ -127,7 +125,7 @@ def check_world(world: WorldParams, models: ModelsParams, p: WorldCheckParams, d
             for kind, j in judges.items()
         },
         "generation_seconds": round(time.time() - start, 1),
-        "shipped_weights_mb": round(sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file()) / 2**20, 2),
+        "shipped_weights_mb": round(sum(f.stat().st_size for f in WORLD_DIR.rglob("*") if f.is_file()) / 2**20, 2),
     }
 
 
@@ -137,7 +135,7 @@ def main() -> None:
     models = parse_section(ModelsParams, params["models"], "models")
     p = parse_section(WorldCheckParams, params["world_check"], "world_check")
     metrics = check_world(world, models, p, resolve_device(params.get("device", "auto")))
-    write_json(metrics, METRICS)
+    write_json(metrics, WORLD_METRICS)
     print({k: v for k, v in metrics.items() if not isinstance(v, dict)})
 
 

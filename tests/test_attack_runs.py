@@ -1,4 +1,4 @@
-"""The attack sweep (dm2.attack_runs) on tiny random models: ASR counted best-so-far per
+"""The attack sweep (dm2.attacks.sweep) on tiny random models: ASR counted best-so-far per
 restart, the cheaper budgets' work reused (one run per restart, nothing judged the concept
 made again), restarts that differ and repeat, bad budgets / restarts / tokens named, and
 the base side saved and read back only with the same settings."""
@@ -12,11 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import dm2.attack_runs as attack_runs
-import dm2.attacks as attacks
-from dm2.attack_runs import (
-    ATTACKS,
-    AttackInputs,
+import dm2.attacks.cce as cce
+import dm2.attacks.pez as pez
+import dm2.attacks.ring_a_bell as ring_a_bell
+import dm2.attacks.sweep as sweep
+from dm2.attacks.cce import cce_attack
+from dm2.attacks.common import AttackInputs
+from dm2.attacks.p4d import p4d_attack
+from dm2.attacks.params import ATTACKS, P4DParams, UnlearnDiffParams
+from dm2.attacks.ring_a_bell import ring_a_bell_attack
+from dm2.attacks.sweep import (
     asr_curves,
     budget_plot_rows,
     disagreements,
@@ -26,9 +31,8 @@ from dm2.attack_runs import (
     search_texts_for,
     sweep_model,
 )
-from dm2.attacks import cce_attack, p4d_attack, ring_a_bell_attack, unlearndiff_attack
+from dm2.attacks.unlearndiff import unlearndiff_attack
 from dm2.config import ParamsError
-from dm2.params import P4DParams, UnlearnDiffParams
 from dm2.prompts import write_prompts
 from tests.test_attacks import (
     PROMPTS,
@@ -149,22 +153,22 @@ def test_sweep_runs_each_restart_once_and_skips_what_is_attacked(tiny_pipe, tmp_
     judges = {"world": CountingJudge(FakeJudge()), "other": CountingJudge(PositionJudge([0]))}
     inputs = prepare_attacks(tiny_pipe, judges["world"], "circle", STAGE_PROMPTS, p, SEARCH)
     calls = {"optimise_tokens": 0, "invert_concept": 0, "genetic_search": 0}
-    for fn in calls:
-        original = getattr(attacks, fn)
+    for module, fn in ((pez, "optimise_tokens"), (cce, "invert_concept"), (ring_a_bell, "genetic_search")):
+        original = getattr(module, fn)
 
         def counted(*args, _fn=fn, _original=original, **kw):
             calls[_fn] += 1
             return _original(*args, **kw)
 
-        monkeypatch.setattr(attacks, fn, counted)
+        monkeypatch.setattr(module, fn, counted)
     generated = []
-    original_generate = attack_runs.generate
+    original_generate = sweep.generate
 
     def counting_generate(pipe, cond, *args, **kw):
         generated.append(len(cond))
         return original_generate(pipe, cond, *args, **kw)
 
-    monkeypatch.setattr(attack_runs, "generate", counting_generate)
+    monkeypatch.setattr(sweep, "generate", counting_generate)
     for judge in judges.values():
         judge.calls.clear()
     metrics, _ = sweep_model(tiny_pipe, judges, "circle", inputs, p, tmp_path)
@@ -189,8 +193,8 @@ def test_a_prompt_attacked_by_every_judge_is_never_made_again(tiny_pipe, tmp_pat
     judges = {"world": PositionJudge(list(range(8))), "other": PositionJudge(list(range(8)))}
     inputs = prepare_attacks(tiny_pipe, judges["world"], "circle", STAGE_PROMPTS, p, SEARCH)
     generated = []
-    original_generate = attack_runs.generate
-    monkeypatch.setattr(attack_runs, "generate", lambda pipe, cond, *a, **kw: generated.append(len(cond)) or original_generate(pipe, cond, *a, **kw))
+    original_generate = sweep.generate
+    monkeypatch.setattr(sweep, "generate", lambda pipe, cond, *a, **kw: generated.append(len(cond)) or original_generate(pipe, cond, *a, **kw))
     metrics, images = sweep_model(tiny_pipe, judges, "circle", inputs, p, tmp_path)
     assert generated == [4] * p.restarts * len(ATTACKS)
     assert metrics["sweep"]["p4d"]["world"]["per_restart"] == [[100.0] * 3] * p.restarts
@@ -354,8 +358,8 @@ def test_a_sweep_from_saved_inputs_is_the_same(tiny_pipe, tmp_path):
     inputs = prepare_attacks(tiny_pipe, judges["b"], "circle", STAGE_PROMPTS, p, SEARCH)
     save_inputs(inputs, tmp_path / "inputs.safetensors", "k")
     loaded = load_inputs(tmp_path / "inputs.safetensors", "k")
-    a, _ = attack_runs.sweep_attack("ring_a_bell", tiny_pipe, judges, "circle", inputs, p, tmp_path / "fresh")
-    b, _ = attack_runs.sweep_attack("ring_a_bell", tiny_pipe, judges, "circle", loaded, p, tmp_path / "loaded")
+    a, _ = sweep.sweep_attack("ring_a_bell", tiny_pipe, judges, "circle", inputs, p, tmp_path / "fresh")
+    b, _ = sweep.sweep_attack("ring_a_bell", tiny_pipe, judges, "circle", loaded, p, tmp_path / "loaded")
     assert a == b
     for restart in range(p.restarts):
         rel = Path("ring_a_bell") / f"restart{restart}" / "prompts.csv"

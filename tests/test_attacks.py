@@ -13,36 +13,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from dm2.attack_runs import ATTACKS, prepare_attacks, sweep_model
-from dm2.attacks import (
-    cce_attack,
-    cce_phrase,
-    cce_tokens,
-    denoising_loss,
-    full_sequences,
-    genetic_search,
-    invert_concept,
-    p4d_attack,
-    p4d_loss,
-    project_to_vocabulary,
-    ring_a_bell_attack,
-    searchable,
-    unlearndiff_attack,
-    word_ids,
-    world_words,
-)
-from dm2.config import ParamsError, load_params, parse_section
-from dm2.diffusion import encode_prompts, encode_token_embeddings, generate_latents
-from dm2.io import load_tensors
-from dm2.lora import add_lora, save_lora
-from dm2.methods import INFO_FILE, apply_method, write_method_info
-from dm2.params import (
+from dm2.attacks.cce import cce_attack, cce_phrase, cce_tokens, invert_concept
+from dm2.attacks.common import denoising_loss, full_sequences, searchable, word_ids
+from dm2.attacks.p4d import p4d_attack, p4d_loss
+from dm2.attacks.params import (
+    ATTACKS,
     AttacksParams,
     CCEParams,
     P4DParams,
     RingABellParams,
     UnlearnDiffParams,
 )
+from dm2.attacks.pez import project_to_vocabulary
+from dm2.attacks.ring_a_bell import genetic_search, ring_a_bell_attack, world_words
+from dm2.attacks.sweep import prepare_attacks, sweep_model
+from dm2.attacks.unlearndiff import unlearndiff_attack
+from dm2.config import ParamsError, load_params, parse_section
+from dm2.diffusion import encode_prompts, encode_token_embeddings, generate_latents
+from dm2.io import load_tensors
+from dm2.lora import add_lora, save_lora
+from dm2.methods import INFO_FILE, apply_method, write_method_info
 from dm2.world_models import world_text_encoder
 
 PROMPTS = ["a red circle", "a photo of a blue ball on a white background", "a green disk"]
@@ -530,8 +520,6 @@ def test_attacks_refuse_zero_prompts(tiny_pipe, x0):
         unlearndiff_attack(tiny_pipe, [], x0[:0], UnlearnDiffParams(prefix_tokens=2, budgets=[1], lr=0.1), seed=0, batch_size=1)
     with pytest.raises(ParamsError, match="attacks.n_prompts"):
         ring_a_bell_attack(tiny_pipe, [], rab_params(), seed=0, batch_size=1)
-    with pytest.raises(ParamsError, match="attacks.n_prompts"):
-        cce_attack(tiny_pipe, x0, 0, cce_params(), seed=0)
 
 
 def test_params_yaml_attacks_section_parses():

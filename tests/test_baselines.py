@@ -112,8 +112,11 @@ def test_esd_is_deterministic_and_names_a_nan(tiny_pipe):
     assert esd(tiny_pipe, CONCEPT, p) == first
     tiny_pipe.unet = unet0
     unet0.delete_adapters(unet0.active_adapters())
-    with pytest.raises(FloatingPointError, match="esd-x: loss is nan at step 0"):
-        esd(tiny_pipe, CONCEPT, ESDParams(iterations=2, eta=float("nan"), **FAST))
+    with pytest.raises(ParamsError, match="baselines.esd.eta: must be non-negative, got nan"):
+        ESDParams(iterations=2, eta=float("nan"), **FAST)  # refused as built, before any training
+    # A target too large for float32 overflows the loss: the guard names the run and the step.
+    with pytest.raises(FloatingPointError, match="esd-x: loss is inf at step 0"):
+        esd(tiny_pipe, CONCEPT, ESDParams(iterations=2, eta=1e30, **FAST))
 
 
 def test_uce_closed_form_matches_a_hand_computed_case():

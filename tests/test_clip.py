@@ -17,7 +17,7 @@ from dm2.clip import (
 from dm2.params import ClipTrainParams, WorldParams
 from dm2.tokenizer import build_clip_tokenizer
 from dm2.world import BACKGROUNDS, COLOURS, TEXTURES
-from stages.train_clip import contrastive_loss, train_world_clip
+from dm2.world_training import contrastive_loss, train_world_clip
 
 torch.set_num_threads(1)
 

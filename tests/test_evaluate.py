@@ -54,17 +54,15 @@ def test_evaluate_measures_base_and_erased_side_by_side(tiny_pipe, tiny_clip, tm
     assert metrics["base"] == base[0] and torch.equal(grids["concept"][0], base[1]["concept"])
 
 
-def test_base_results_are_reused_only_with_the_same_settings(tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate_stage, "BASE_METRICS", tmp_path / "metrics.json")
-    monkeypatch.setattr(evaluate_stage, "BASE_IMAGES", tmp_path / "grid_rows.safetensors")
+def test_base_results_are_reused_only_with_the_same_settings(tmp_path):
     with pytest.raises(FileNotFoundError, match="metrics.json: not found; run `dvc repro evaluate_base`"):
-        evaluate_stage.load_base("k1")
+        evaluate_stage.load_base("k1", tmp_path)
     rows = {"concept": torch.rand(2, 3, 32, 32), "other": torch.rand(2, 3, 32, 32)}
-    evaluate_stage.save_base(({"ratio": 90.0}, rows), 1.0, "k1")
-    metrics, loaded = evaluate_stage.load_base("k1")
+    evaluate_stage.save_base(({"ratio": 90.0}, rows), 1.0, "k1", tmp_path)
+    metrics, loaded = evaluate_stage.load_base("k1", tmp_path)
     assert metrics == {"ratio": 90.0} and torch.equal(loaded["other"], rows["other"])
     with pytest.raises(ParamsError, match="made with other settings"):
-        evaluate_stage.load_base("k2")
+        evaluate_stage.load_base("k2", tmp_path)
 
 
 class HalfCircleJudge:

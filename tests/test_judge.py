@@ -9,7 +9,7 @@ from dm2.judge import WorldJudge, judge_concept, load_judge, save_world_judge
 from dm2.params import HardRanges, JudgeTrainParams, WorldParams
 from dm2.training import world_split
 from dm2.world import BACKGROUNDS, COLOURS, DEFAULT_SYNONYMS, TEXTURES, WorldSpec
-from stages.train_judge import judge_loss, labels_of, train_world_judge
+from dm2.world_training import judge_loss, labels_of, train_world_judge
 
 torch.set_num_threads(1)
 

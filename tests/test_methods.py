@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dm2.attack_runs import ATTACKS, prepare_attacks
+from dm2.attacks.params import ATTACKS
+from dm2.attacks.sweep import prepare_attacks
 from dm2.config import ParamsError, parse_section
 from dm2.diffusion import encode_prompts, generate_latents
 from dm2.evaluation import EvalSet

@@ -3,13 +3,16 @@ one-line errors naming the key."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
+from dataclasses import replace
 import sys
 from pathlib import Path
 
 import pytest
 
+from dm2.attacks.params import ATTACK_LABELS, ATTACK_PARAMS, ATTACKS, AttacksParams
 from dm2.config import ParamsError, load_params, parse_section
 from dm2.models import resolve_device
 from dm2.params import (
@@ -173,3 +176,35 @@ def test_stage_entry_point_refuses_bad_params_in_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "stages", "erase"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == ["params.yaml: mine.tokens: 80 tokens do not fit the text encoder's 75 text positions (77 less BOS and EOS)"]
+
+
+def test_sections_check_themselves_as_they_are_built():
+    """Validation is in `__post_init__`: an object built in code is checked like a parsed one,
+    so the code that uses it need not check again."""
+    with pytest.raises(ParamsError, match="pool.size: the pool must hold at least one image"):
+        PoolParams(size=0, steps=10, guidance=5.0, seed=0)
+    with pytest.raises(ParamsError, match=r"mine\.optimizer: 'rmsprop' is not one of"):
+        replace(parse_section(MineParams, load_params(ROOT / "params.yaml")["mine"], "mine"), optimizer="rmsprop")
+    # A class under two keys is named by the key it was parsed under.
+    for section in ("train_judge", "world_check"):
+        data = load_params(ROOT / "params.yaml")[section]
+        with pytest.raises(ParamsError, match=rf"^{section}\.hard\.canvas: must lie in"):
+            parse_section(SECTIONS[section], {**data, "hard": {"canvas": [2, 8]}}, section)
+
+
+def test_each_section_class_knows_its_key():
+    for name, cls in SECTIONS.items():
+        assert cls.key == name
+    for name, cls in ATTACK_PARAMS.items():
+        assert cls.key == f"attacks.{name}"
+
+
+def test_the_attack_registries_agree():
+    """The params side (light, read by the params check and the report) and the code side
+    (read by the sweep) list the same attacks in the same order, each with its section."""
+    from dm2.attacks.registry import REGISTRY
+
+    assert tuple(REGISTRY) == ATTACKS == tuple(ATTACK_LABELS)
+    fields = {f.name: f.type for f in dataclasses.fields(AttacksParams)}
+    for name, cls in ATTACK_PARAMS.items():
+        assert fields[name] == cls.__name__  # `from __future__ import annotations`: types are names

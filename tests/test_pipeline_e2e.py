@@ -11,6 +11,7 @@ import torch
 from dm2.clip import load_clip
 from dm2.config import load_params, parse_section
 from dm2.diffusion import encode_prompts, generate, load_pipeline
+from dm2.erasure import DM2Settings
 from dm2.io import fingerprint
 from dm2.lora import load_lora_into
 from dm2.params import (
@@ -43,7 +44,8 @@ def test_shipped_world_pool_erase_and_reload(params, tmp_path, monkeypatch):
     m = parse_section(MineParams, {**params["mine"], **small}, "mine")
     v = parse_section(VerifyParams, {**params["verify"], "tau": -1.0, "steps": 10}, "verify")
     cp = parse_section(CircumventParams, {**params["circumvent"], **small, "steps": 10}, "circumvent")
-    state = erase(pipe, clip, latents, images, e, m, v, cp, tmp_path, fingerprint(e, m, v, cp, data=latents), "a circle photo")
+    s = DM2Settings(e, m, v, cp)
+    state = erase(pipe, clip, latents, images, s, tmp_path, fingerprint(s, data=latents), "a circle photo")
     assert state.stop == "max_loops" and len(state.verified) == 2
 
     fresh = load_pipeline(models.diffusion)

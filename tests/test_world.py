@@ -17,7 +17,7 @@ from dm2.world import (
     WorldSpec,
     sample_world,
 )
-from stages.train_judge import IGNORE, judge_loss, labels_of
+from dm2.world_training import IGNORE, judge_loss, labels_of
 
 
 def world(fraction: float) -> WorldParams:

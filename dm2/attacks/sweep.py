@@ -16,21 +16,16 @@ budget) and `any_restart` (a prompt attacked by any restart). Each judge counts 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dm2.attacks import (
-    AttackResult,
-    cce_attack,
-    p4d_attack,
-    ring_a_bell_attack,
-    searchable,
-    unlearndiff_attack,
-    world_words,
-)
+from dm2.attacks.common import AttackInputs, AttackResult, searchable
+from dm2.attacks.params import ATTACKS, AttacksParams
+from dm2.attacks.registry import REGISTRY
+from dm2.attacks.ring_a_bell import ring_a_bell_attack, world_words
 from dm2.config import parse_section, require
 from dm2.diffusion import (
     Guide,
@@ -49,30 +44,14 @@ from dm2.io import (
     write_json,
 )
 from dm2.judge import Judge, judge_concept
-from dm2.params import AttacksParams, ConceptParams, ModelsParams, WorldParams
+from dm2.params import ConceptParams, ModelsParams, WorldParams
 from dm2.prompts import read_prompts, write_prompts
 
-ATTACKS = ("cce", "p4d", "unlearndiff", "ring_a_bell")
-# Stage attack_base's outputs, read by stages attack and compare.
-BASE_DIR = Path("artifacts/attack_base")
-BASE_INPUTS = BASE_DIR / "inputs.safetensors"
+# In stage attack_base's folder (`dm2.paths.ATTACK_BASE_DIR`), read by stages attack and compare.
+INPUTS_FILE = "inputs.safetensors"
+METRICS_FILE = "metrics.json"
+IMAGES_FILE = "images.safetensors"
 DISAGREEMENT = 5.0  # points between the two judges' figures worth a note in the report
-
-
-@dataclass
-class AttackInputs:
-    """What every attacked model shares, made from the base model before any method is
-    applied: the attacked prompts, the base images P4D / UnlearnDiff start from (and their
-    starting noise), CCE's inversion set, and Ring-A-Bell's results per restart (text
-    encoder only, so valid for any UNet)."""
-
-    prompts: list[str]
-    x0: torch.Tensor
-    noise: torch.Tensor
-    concept_latents: torch.Tensor
-    ring: list[list[AttackResult]]  # per restart, per budget
-    allowed: torch.Tensor
-    seconds: dict[str, float]
 
 
 def search_texts_for(p: AttacksParams, prompts_dir: Path) -> list[str] | None:
@@ -150,17 +129,6 @@ def load_inputs(path: Path, key: str) -> AttackInputs:
     return AttackInputs(meta["prompts"], t["x0"], t["noise"], t["concept_latents"], ring, t["allowed"].bool(), meta["seconds"])
 
 
-def _run(name: str, pipe: StableDiffusionPipeline, inputs: AttackInputs, p: AttacksParams, restart: int) -> list[AttackResult]:
-    """One restart of one attack against the model `pipe` is now: a result per budget."""
-    if name == "cce":
-        return cce_attack(pipe, inputs.concept_latents, p.n_prompts, p.cce, p.seed, restart)
-    if name == "p4d":
-        return p4d_attack(pipe, inputs.prompts, inputs.x0, p.p4d, p.seed, p.batch_size, inputs.allowed, restart)
-    if name == "unlearndiff":
-        return unlearndiff_attack(pipe, inputs.prompts, inputs.x0, p.unlearndiff, p.seed, p.batch_size, inputs.allowed, restart)
-    return inputs.ring[restart]
-
-
 def asr_curves(success: torch.Tensor) -> dict[str, list]:
     """ASR per budget from per-prompt verdicts, restarts x budgets x prompts (already best
     so far along budgets): per restart, the best restart, and any restart."""
@@ -187,12 +155,12 @@ def sweep_attack(
     ({"budgets", judge: asr_curves}, the images of restart 0: per prompt the latest made)."""
     budgets = p.budgets(name)
     n = p.n_prompts
-    # Prompts derived from a normal prompt start from that prompt's base noise; CCE's do not.
-    noise = initial_noise(n, pipe.unet, p.seed) if name == "cce" else inputs.noise
+    # Prompts that stand for a normal prompt start from that prompt's base noise.
+    noise = inputs.noise if REGISTRY[name].from_normal_prompts else initial_noise(n, pipe.unet, p.seed)
     success = {j: torch.zeros(p.restarts, len(budgets), n, dtype=torch.bool) for j in judges}
     shown = None
     for restart in range(p.restarts):
-        results = _run(name, pipe, inputs, p, restart)
+        results = REGISTRY[name].run(pipe, inputs, p, restart)
         done = {j: torch.zeros(n, dtype=torch.bool) for j in judges}
         latest = torch.zeros(n, 3, *inputs.x0.shape[-2:]) if restart == 0 else None
         scores: dict[str, torch.Tensor] = {j: torch.full((n,), float("nan")) for j in judges}
@@ -236,7 +204,7 @@ def sweep_model(
     out_dir: Path,
     guide: Guide | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
-    """All four attacks against the model `pipe` is now. Returns (metrics: `asr` per judge
+    """Every attack against the model `pipe` is now. Returns (metrics: `asr` per judge
     and attack (best restart, largest budget), `sweep` per attack, `seconds`; images per
     attack)."""
     sweep, images, seconds = {}, {}, {}

@@ -1,0 +1,90 @@
+"""Image generation spread over processes, kept in shards as it finishes.
+
+Under `accelerate launch` (or `torchrun`) every process takes every k-th batch of a
+generation (the same batches, noise and seeds as a single process makes, so the images
+are the same), writes each finished batch as a shard, and after a barrier every process
+reads all shards back in order. Run as plain `python`, the one process makes every batch.
+
+Shards live outside the stage's declared outputs (`dm2.paths.SHARDS_DIR`), so a killed run
+keeps them and its rerun (by dvc or by hand) makes only the batches still missing. Each
+shard records the key of what it was made from (model weights, conditioning, seed,
+sampler settings); a shard with another key, or an unreadable one, is made again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import PartialState
+
+from dm2.config import InputError
+from dm2.io import fingerprint, load_tensors, read_metadata, save_tensors
+from dm2.provenance import weights_hash
+
+
+def process_state() -> PartialState:
+    """This process's place among the launched ones (one, when run as plain python). On a
+    machine without CUDA the processes talk over gloo on the CPU."""
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+class ShardStore:
+    """Finished batches of one generation, `folder/{i:05d}.safetensors`, each with `key`."""
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder, self.key = Path(folder), key
+
+    def path(self, i: int) -> Path:
+        return self.folder / f"{i:05d}.safetensors"
+
+    def load(self, i: int) -> torch.Tensor | None:
+        """Batch i if a shard of this key holds it, else None (missing, other key, unreadable)."""
+        path = self.path(i)
+        if not path.is_file():
+            return None
+        try:
+            if read_metadata(path).get("key") != self.key:
+                return None
+            return load_tensors(path)["batch"]
+        except InputError:
+            return None
+
+    def save(self, i: int, batch: torch.Tensor, process: int = 0) -> None:
+        save_tensors({"batch": batch}, self.path(i), {"key": self.key, "process": str(process)})
+
+
+
+def clear_shards(folder: Path) -> None:
+    """Remove a stage's shards once its outputs are written (they are only for resuming)."""
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def generation_key(unet: torch.nn.Module, cond: torch.Tensor, seed: int, steps: int, guidance: float, guide_key: str | None = None) -> str:
+    """What a generation's images are made from: the UNet's weights (with any adapter), the
+    conditioning, the seed, the sampler settings and the sampling-time guidance, if any."""
+    return fingerprint(weights_hash(unet), seed, steps, guidance, guide_key, data=cond)
+
+
+def run_batches(n_batches: int, make: Callable[[int], torch.Tensor], store: ShardStore, what: str = "batches") -> torch.Tensor:
+    """`make(i)` for i in range(n_batches), concatenated in order. With several processes,
+    process r makes the batches i with i % processes == r, and every process returns all
+    of them, read back from `store`. Batches `store` already holds are not made again."""
+    state = process_state()
+    made = reused = 0
+    for i in range(state.process_index, n_batches, state.num_processes):
+        if store.load(i) is None:
+            store.save(i, make(i), state.process_index)
+            made += 1
+        else:
+            reused += 1
+    if reused:
+        print(f"{what}: process {state.process_index} reused {reused} finished shard(s) of {store.folder}, made {made}")
+    state.wait_for_everyone()
+    batches = [store.load(i) for i in range(n_batches)]
+    missing = [i for i, b in enumerate(batches) if b is None]
+    if missing:
+        raise InputError(f"{store.folder}: shards {missing} are missing or unreadable after every process finished; rerun")
+    return torch.cat(batches)

@@ -1,0 +1,72 @@
+"""The DM2 loop (dm2/erasure.py) on tiny random models: candidates, verification, the
+images x circumventing trains on, and what it refuses."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from dm2.config import ParamsError
+from dm2.diffusion import encode_prompts
+from dm2.erasure import DarkMiner, DM2Settings, EraseState, verification_score
+from dm2.params import VerifyParams
+from tests.test_erase import pool, settings  # noqa: F401  (pool: fixture)
+
+
+def loops(pipe, clip, pool, s: DM2Settings) -> EraseState:
+    """A fresh run of the loop alone (no checkpoint): adds the LoRA to `pipe`."""
+    return DarkMiner(pipe, clip, pool[0], pool[1], s).run(EraseState("test"))
+
+
+def test_circumventing_uses_every_image_x(tiny_pipe, tiny_clip, pool):
+    s = settings(max_loops=1)
+    s.circumvent.images = 2
+    x = loops(tiny_pipe, tiny_clip, pool, s).originals[0]
+    assert x.shape == (2, 4, 8, 8) and not torch.equal(x[0], x[1])  # two seeds, made once, kept for replay
+
+
+def test_several_candidates_go_on_with_the_best(tiny_pipe, tiny_clip, pool):
+    """With mine.candidates 3 every loop verifies three embeddings, keeps the highest s(c),
+    and the first candidate is the embedding a one-candidate run mines."""
+    s = settings(max_loops=1)
+    fresh = copy.deepcopy(tiny_pipe)  # the miner adds the adapters to the pipe it is given
+    one = loops(tiny_pipe, tiny_clip, pool, s)
+    s.mine.candidates = 3
+    three = loops(fresh, tiny_clip, pool, s)
+    scores = three.log[0]["s_candidates"]
+    assert len(scores) == 3 and len(set(scores)) == 3
+    assert three.log[0]["s"] == max(scores)
+    assert scores[0] == pytest.approx(one.log[0]["s"], abs=1e-6)
+    best = scores.index(max(scores))
+    assert torch.equal(three.embeddings[0], one.embeddings[0]) == (best == 0)
+
+
+def test_loop_stops_by_verification(tiny_pipe, tiny_clip, pool):
+    state = loops(tiny_pipe, tiny_clip, pool, settings(tau=1.0))  # no cosine exceeds 1
+    assert state.stop == "verification" and len(state.log) == 1 and not state.log[0]["circumvented"]
+    assert state.log[0]["s_after"] is None
+
+
+def test_every_loop_is_reported_as_it_ends(tiny_pipe, tiny_clip, pool):
+    seen = []
+    miner = DarkMiner(tiny_pipe, tiny_clip, pool[0], pool[1], settings(max_loops=2))
+    state = miner.run(EraseState("test"), on_loop=lambda st: seen.append((len(st.log), st.stop)))
+    assert seen == [(1, ""), (2, "max_loops")] and state.stop == "max_loops"
+
+
+def test_pool_smaller_than_k_is_refused(tiny_pipe, tiny_clip, pool):
+    s = settings()
+    s.mine.k = 10
+    with pytest.raises(ParamsError, match="pool.size"):
+        DarkMiner(tiny_pipe, tiny_clip, pool[0], pool[1], s)
+
+
+def test_verification_measures_against_the_reference_prompt(tiny_pipe, tiny_clip, pool):
+    v = VerifyParams(tau=0.2, steps=2, guidance=2.0, seed=0)
+    f_e = tiny_clip.encode_images(pool[1][:2])
+    photo, circle = encode_prompts(tiny_pipe, ["a photo"]), encode_prompts(tiny_pipe, ["a circle photo"])
+    # x_c and x_r from the same states and seed are one image: Enc(x_c) - Enc(x_r) = 0
+    assert verification_score(tiny_pipe, tiny_clip, circle, circle, f_e, v) == 0.0
+    assert verification_score(tiny_pipe, tiny_clip, circle, photo, f_e, v) != 0.0

@@ -1,0 +1,101 @@
+"""Generation in shards (dm2.sharding): the same latents as without, finished batches
+reused, shards of other settings or unreadable ones made again, and two CPU processes
+(torchrun, gloo) splitting the batches and giving the same latents as one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import dm2.diffusion as diffusion
+from dm2.diffusion import encode_prompts, generate_latents
+from dm2.io import load_tensors, read_metadata
+from dm2.sharding import ShardStore, generation_key
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["a red circle", "a blue ball", "a green disk", "a star", "a photo"]
+
+
+def counting(monkeypatch) -> list[int]:
+    made = []
+    original = diffusion.sample
+
+    def sample(unet, scheduler, cond, *args, **kw):
+        made.append(cond.shape[0])
+        return original(unet, scheduler, cond, *args, **kw)
+
+    monkeypatch.setattr(diffusion, "sample", sample)
+    return made
+
+
+def test_shards_give_the_same_latents_and_finished_ones_are_reused(tiny_pipe, tmp_path, monkeypatch, capsys):
+    cond = encode_prompts(tiny_pipe, PROMPTS)
+    plain = generate_latents(tiny_pipe, cond, 1, 3, 4.0, batch_size=2)
+    key = generation_key(tiny_pipe.unet, cond, 1, 3, 4.0)
+    store = ShardStore(tmp_path / "shards", key)
+    assert torch.equal(generate_latents(tiny_pipe, cond, 1, 3, 4.0, batch_size=2, shards=store), plain)
+    assert sorted(p.name for p in store.folder.iterdir()) == ["00000.safetensors", "00001.safetensors", "00002.safetensors"]
+
+    made = counting(monkeypatch)
+    assert torch.equal(generate_latents(tiny_pipe, cond, 1, 3, 4.0, batch_size=2, shards=store), plain)
+    assert made == [] and "reused 3 finished shard(s)" in capsys.readouterr().out
+
+    store.path(1).unlink()  # killed before batch 1 was written
+    store.path(2).write_bytes(b"\x00garbage")  # or while writing it
+    assert torch.equal(generate_latents(tiny_pipe, cond, 1, 3, 4.0, batch_size=2, shards=store), plain)
+    assert made == [2, 1]  # batches 1 and 2 only (2 and 1 prompts)
+
+
+def test_shards_of_other_settings_are_made_again(tiny_pipe, tmp_path, monkeypatch):
+    cond = encode_prompts(tiny_pipe, PROMPTS)
+    folder = tmp_path / "shards"
+    generate_latents(tiny_pipe, cond, 1, 3, 4.0, batch_size=2, shards=ShardStore(folder, generation_key(tiny_pipe.unet, cond, 1, 3, 4.0)))
+    other = generation_key(tiny_pipe.unet, cond, 2, 3, 4.0)  # another seed
+    assert other != generation_key(tiny_pipe.unet, cond, 1, 3, 4.0)
+    made = counting(monkeypatch)
+    latents = generate_latents(tiny_pipe, cond, 2, 3, 4.0, batch_size=2, shards=ShardStore(folder, other))
+    assert made == [2, 2, 1]
+    assert torch.equal(latents, generate_latents(tiny_pipe, cond, 2, 3, 4.0, batch_size=2))
+    assert all(read_metadata(p)["key"] == other for p in folder.iterdir())
+
+
+def test_the_key_follows_the_weights_and_the_guidance(tiny_pipe):
+    cond = encode_prompts(tiny_pipe, PROMPTS)
+    key = generation_key(tiny_pipe.unet, cond, 1, 3, 4.0)
+    assert generation_key(tiny_pipe.unet, cond, 1, 3, 4.0, "sld settings") != key
+    with torch.no_grad():
+        tiny_pipe.unet.conv_in.bias[0] += 1e-3
+    assert generation_key(tiny_pipe.unet, cond, 1, 3, 4.0) != key
+
+
+def test_two_processes_split_the_batches_and_give_the_same_latents(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(ROOT / "tests" / "sharding_worker.py"), str(tmp_path / "shards"), str(tmp_path / "out.safetensors")]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    two = load_tensors(tmp_path / "out.safetensors")
+    assert int(two["processes"]) == 2
+    makers = {read_metadata(p)["process"] for p in (tmp_path / "shards").iterdir()}
+    assert makers == {"0", "1"}  # both processes made batches (3 batches: 0 and 2 by one, 1 by the other)
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from sharding_worker import world_latents
+
+    threads = torch.get_num_threads()
+    try:
+        one = world_latents(None)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(two["latents"], one)
+
+
+def test_stages_that_run_in_one_process_refuse_several(tmp_path):
+    env = {**os.environ, "WORLD_SIZE": "2", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "stages", "attack"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["attack: runs in one process, not 2; of the stages only pool, evaluate spread over processes"]
