@@ -31,8 +31,11 @@ def process_state() -> PartialState:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+Part = tuple[dict[str, torch.Tensor], dict[str, str]]  # a shard's tensors and its text metadata
+
+
 class ShardStore:
-    """Finished batches of one generation, `folder/{i:05d}.safetensors`, each with `key`."""
+    """Finished parts of one computation, `folder/{i:05d}.safetensors`, each with `key`."""
 
     def __init__(self, folder: Path, key: str) -> None:
         self.folder, self.key = Path(folder), key
@@ -40,21 +43,22 @@ class ShardStore:
     def path(self, i: int) -> Path:
         return self.folder / f"{i:05d}.safetensors"
 
-    def load(self, i: int) -> torch.Tensor | None:
-        """Batch i if a shard of this key holds it, else None (missing, other key, unreadable)."""
+    def load(self, i: int) -> Part | None:
+        """Part i if a shard of this key holds it, else None (missing, other key, unreadable)."""
         path = self.path(i)
         if not path.is_file():
             return None
         try:
-            if read_metadata(path).get("key") != self.key:
+            meta = read_metadata(path)
+            if meta.get("key") != self.key:
                 return None
-            return load_tensors(path)["batch"]
+            return load_tensors(path), {k: v for k, v in meta.items() if k not in ("key", "process")}
         except InputError:
             return None
 
-    def save(self, i: int, batch: torch.Tensor, process: int = 0) -> None:
-        save_tensors({"batch": batch}, self.path(i), {"key": self.key, "process": str(process)})
-
+    def save(self, i: int, part: Part, process: int = 0) -> None:
+        tensors, meta = part
+        save_tensors(tensors, self.path(i), {**meta, "key": self.key, "process": str(process)})
 
 
 def clear_shards(folder: Path) -> None:
@@ -68,13 +72,16 @@ def generation_key(unet: torch.nn.Module, cond: torch.Tensor, seed: int, steps: 
     return fingerprint(weights_hash(unet), seed, steps, guidance, guide_key, data=cond)
 
 
-def run_batches(n_batches: int, make: Callable[[int], torch.Tensor], store: ShardStore, what: str = "batches") -> torch.Tensor:
-    """`make(i)` for i in range(n_batches), concatenated in order. With several processes,
-    process r makes the batches i with i % processes == r, and every process returns all
-    of them, read back from `store`. Batches `store` already holds are not made again."""
+def run_parts(n: int, make: Callable[[int], Part], store: ShardStore | None, what: str = "parts") -> list[Part]:
+    """`make(i)` for i in range(n), in order. With several processes, process r makes the
+    parts i with i % processes == r, and every process returns all of them, read back from
+    `store`. Parts `store` already holds are not made again. Without a store, this one
+    process makes every part."""
+    if store is None:
+        return [make(i) for i in range(n)]
     state = process_state()
     made = reused = 0
-    for i in range(state.process_index, n_batches, state.num_processes):
+    for i in range(state.process_index, n, state.num_processes):
         if store.load(i) is None:
             store.save(i, make(i), state.process_index)
             made += 1
@@ -83,8 +90,14 @@ def run_batches(n_batches: int, make: Callable[[int], torch.Tensor], store: Shar
     if reused:
         print(f"{what}: process {state.process_index} reused {reused} finished shard(s) of {store.folder}, made {made}")
     state.wait_for_everyone()
-    batches = [store.load(i) for i in range(n_batches)]
-    missing = [i for i, b in enumerate(batches) if b is None]
+    parts = [store.load(i) for i in range(n)]
+    missing = [i for i, part in enumerate(parts) if part is None]
     if missing:
         raise InputError(f"{store.folder}: shards {missing} are missing or unreadable after every process finished; rerun")
-    return torch.cat(batches)
+    return parts
+
+
+def run_batches(n_batches: int, make: Callable[[int], torch.Tensor], store: ShardStore, what: str = "batches") -> torch.Tensor:
+    """`run_parts` for tensor batches, concatenated in order."""
+    parts = run_parts(n_batches, lambda i: ({"batch": make(i)}, {}), store, what)
+    return torch.cat([tensors["batch"] for tensors, _ in parts])

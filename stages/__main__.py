@@ -28,9 +28,9 @@ STAGES = (
     "compare",
     "report",
 )
-# Stages whose image generation is spread over the processes of `accelerate launch`
-# (`dm2.sharding`); the others run in one process.
-MULTI_PROCESS = ("pool", "evaluate")
+# Stages whose image generation (pool, evaluate) or attack restarts (attack, compare) are
+# spread over the processes of `accelerate launch` (`dm2.sharding`); the others run in one.
+MULTI_PROCESS = ("pool", "evaluate", "attack", "compare")
 
 
 def main(argv: list[str]) -> None:

@@ -53,8 +53,10 @@ from dm2.paths import (
     ATTACK_METRICS,
     ATTACKS_DIR,
     PROMPTS_DIR,
+    SHARDS_DIR,
 )
 from dm2.prompts import read_prompts
+from dm2.sharding import clear_shards, process_state
 
 
 
@@ -69,19 +71,30 @@ def main() -> None:
     judges = load_judges(models)
     pipe = load_pipeline(models.diffusion, device)
     start = time.time()
+    # Restarts are kept as they finish (a killed run redoes only the rest) and spread over
+    # the processes of `accelerate launch`; only the main process writes the outputs.
+    state, shards = process_state(), SHARDS_DIR / f"attack_{which}"
     if which == "base":
         prompts = read_prompts(PROMPTS_DIR / f"{concept.name}.csv")
-        inputs = prepare_attacks(pipe, judges[models.judge], concept.name, prompts, p, search_texts_for(p, PROMPTS_DIR))
-        save_inputs(inputs, ATTACK_BASE_DIR / INPUTS_FILE, key)
-        metrics, images = sweep_model(pipe, judges, concept.name, inputs, p, ATTACK_BASE_DIR)
+        inputs = prepare_attacks(pipe, judges[models.judge], concept.name, prompts, p, search_texts_for(p, PROMPTS_DIR), shards)
+        if state.is_main_process:
+            save_inputs(inputs, ATTACK_BASE_DIR / INPUTS_FILE, key)
+        metrics, images = sweep_model(pipe, judges, concept.name, inputs, p, ATTACK_BASE_DIR, shards=shards)
         metrics["seconds"].update(inputs.seconds, total=round(time.time() - start, 1))
-        save_tensors(images, ATTACK_BASE_DIR / IMAGES_FILE)
-        write_json({**metrics, "fingerprint": key}, ATTACK_BASE_DIR / METRICS_FILE)
-        print({"base": metrics["asr"], "seconds": metrics["seconds"]})
+        state.wait_for_everyone()  # every process has read the shards back
+        if state.is_main_process:
+            save_tensors(images, ATTACK_BASE_DIR / IMAGES_FILE)
+            write_json({**metrics, "fingerprint": key}, ATTACK_BASE_DIR / METRICS_FILE)
+            clear_shards(shards)
+            print({"base": metrics["asr"], "seconds": metrics["seconds"]})
         return
     inputs = load_inputs(ATTACK_BASE_DIR / INPUTS_FILE, key)
     guide = apply_method(pipe, method_dir(method))
-    erased, images = sweep_model(pipe, judges, concept.name, inputs, p, ATTACKS_DIR, guide)
+    erased, images = sweep_model(pipe, judges, concept.name, inputs, p, ATTACKS_DIR, guide, shards)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return
+    clear_shards(shards)
     base = read_json(ATTACK_BASE_DIR / METRICS_FILE)  # attack_base writes the inputs first, its own sweep last
     erased["seconds"]["total"] = round(time.time() - start, 1)
     primary, second = models.judge, models.second_judge

@@ -40,8 +40,9 @@ from dm2.methods import INFO_FILE, apply_method, method_dir
 from dm2.models import resolve_device
 from dm2.attacks.params import AttacksParams
 from dm2.params import EvaluateParams, WorldParams, check_method
-from dm2.paths import ATTACK_BASE_DIR, COMPARE_DIR, COMPARE_METRICS_DIR, CONCEPT_IMAGES
+from dm2.paths import ATTACK_BASE_DIR, COMPARE_DIR, COMPARE_METRICS_DIR, CONCEPT_IMAGES, SHARDS_DIR
 from dm2.provenance import code_version, weights_hash
+from dm2.sharding import clear_shards, process_state
 
 EVAL_CHECKPOINT = "evaluation.safetensors"  # the evaluation half, kept while the attacks run
 
@@ -58,11 +59,14 @@ def compare_method(
     ap: AttacksParams,
     out_dir: Path,
     eval_key: str = "",
+    shards: Path | None = None,
 ) -> tuple[dict, torch.Tensor]:
     """Evaluation metrics and ASR per attack of the erased model in `erased_dir`, by both
     judges (primary first in `judges`). The evaluation is kept in `out_dir` (keyed by
     `eval_key`) before the attacks run, so a run stopped during the attacks resumes after
-    it. Returns (metrics, the concept images of the grid)."""
+    it. `shards`: where finished image batches and attack restarts are kept, spread over
+    launched processes (`dm2.sharding`). Returns (metrics, the concept images of the grid)."""
+    main_process = process_state().is_main_process
     start = time.time()
     (primary, judge), (second, second_judge) = judges.items()
     guide = apply_method(pipe, erased_dir)
@@ -71,10 +75,13 @@ def compare_method(
         metrics, concept_images = read_json(saved.with_suffix(".json")), load_tensors(saved)["concept_images"]
         print(f"{saved}: evaluation made with these settings, reused")
     else:
-        metrics, concept_images, _ = measure(pipe, judge, clip, data, concept, ep, guide, (second, second_judge))
-        write_json(metrics, saved.with_suffix(".json"))
-        save_tensors({"concept_images": concept_images}, saved, {"fingerprint": eval_key})  # written last: marks the pair done
-    attacks, _ = sweep_model(pipe, judges, concept, load_attack_inputs(), ap, out_dir / "attacks", guide)
+        evaluation_shards = None if shards is None else shards / "evaluation"
+        metrics, concept_images, _ = measure(pipe, judge, clip, data, concept, ep, guide, (second, second_judge), evaluation_shards)
+        if main_process:
+            write_json(metrics, saved.with_suffix(".json"))
+            save_tensors({"concept_images": concept_images}, saved, {"fingerprint": eval_key})  # written last: marks the pair done
+    attack_shards = None if shards is None else shards / "attacks"
+    attacks, _ = sweep_model(pipe, judges, concept, load_attack_inputs(), ap, out_dir / "attacks", guide, attack_shards)
     metrics["asr"] = attacks["asr"][primary]
     metrics["second_judge"]["asr"] = attacks["asr"][second]
     metrics["asr_sweep"] = attacks["sweep"]
@@ -100,10 +107,16 @@ def main() -> None:
     # with them), the base model's and CLIP's weights, and the code.
     made_by = {"diffusion": weights_hash(pipe.unet, pipe.vae, pipe.text_encoder), "clip": weights_hash(clip.model), "code": code_version("stages.compare")}
     eval_key = fingerprint(concept.name, world, models, ep, read_json(method_dir(method) / INFO_FILE), made_by)
+    state, shards = process_state(), SHARDS_DIR / f"compare_{method}"
     # The attacks' inputs are read after the evaluation: under dvc, attack_base has made them.
     metrics, images = compare_method(
-        pipe, method_dir(method), judges, clip, data, concept.name, ep, lambda: load_inputs(ATTACK_BASE_DIR / INPUTS_FILE, key), ap, COMPARE_DIR / method, eval_key
-    )
+        pipe, method_dir(method), judges, clip, data, concept.name, ep, lambda: load_inputs(ATTACK_BASE_DIR / INPUTS_FILE, key), ap,
+        COMPARE_DIR / method, eval_key, shards,
+    )  # fmt: skip
+    state.wait_for_everyone()  # every process has read the shards back
+    if not state.is_main_process:  # the only writer
+        return
+    clear_shards(shards)
     write_json(metrics, COMPARE_METRICS_DIR / f"{method}.json")
     save_tensors({method: images}, COMPARE_DIR / method / CONCEPT_IMAGES)
     print(f"compare {method}: ratio {metrics['ratio']:.1f}%, ASR {metrics['asr']} ({metrics['seconds']:.0f}s)")

@@ -96,6 +96,39 @@ def test_two_processes_split_the_batches_and_give_the_same_latents(tmp_path):
 
 def test_stages_that_run_in_one_process_refuse_several(tmp_path):
     env = {**os.environ, "WORLD_SIZE": "2", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "stages", "attack"], cwd=ROOT, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "stages", "erase"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == ["attack: runs in one process, not 2; of the stages only pool, evaluate spread over processes"]
+    assert done.stderr.strip().splitlines() == ["erase: runs in one process, not 2; of the stages only pool, evaluate, attack, compare spread over processes"]
+
+
+def test_attack_restarts_in_shards_match_and_are_reused(tiny_pipe, tmp_path, monkeypatch, capsys):
+    """The sweep with its restarts kept as shards gives the same curves, images and files
+    as without, and a rerun makes no restart again (Ring-A-Bell's search included)."""
+    import dm2.attacks.ring_a_bell as ring_a_bell
+    import dm2.attacks.sweep as sweep
+    from dataclasses import replace
+
+    from tests.test_attacks import SEARCH, STAGE_PROMPTS, FakeJudge, PositionJudge, stage_params
+
+    p = stage_params()
+    judges = {"world": FakeJudge(), "other": PositionJudge([0])}
+    plain_inputs = sweep.prepare_attacks(tiny_pipe, judges["world"], "circle", STAGE_PROMPTS, p, SEARCH)
+    plain, plain_images = sweep.sweep_model(tiny_pipe, judges, "circle", plain_inputs, p, tmp_path / "plain")
+    shards = tmp_path / "shards"
+    inputs = sweep.prepare_attacks(tiny_pipe, judges["world"], "circle", STAGE_PROMPTS, p, SEARCH, shards)
+    kept, kept_images = sweep.sweep_model(tiny_pipe, judges, "circle", inputs, p, tmp_path / "kept", shards=shards)
+    assert kept["sweep"] == plain["sweep"]
+    assert all(torch.equal(kept_images[a], plain_images[a]) for a in plain_images)
+    for f in (tmp_path / "plain").rglob("*"):
+        if f.is_file():
+            assert f.read_bytes() == (tmp_path / "kept" / f.relative_to(tmp_path / "plain")).read_bytes(), f
+
+    runs = []
+    monkeypatch.setattr(ring_a_bell, "genetic_search", lambda *a, **k: runs.append("search"))
+    for name, attack in list(sweep.REGISTRY.items()):
+        monkeypatch.setitem(sweep.REGISTRY, name, replace(attack, run=lambda *a, **k: runs.append("run")))
+    capsys.readouterr()
+    again_inputs = sweep.prepare_attacks(tiny_pipe, judges["world"], "circle", STAGE_PROMPTS, p, SEARCH, shards)
+    again, _ = sweep.sweep_model(tiny_pipe, judges, "circle", again_inputs, p, tmp_path / "again", shards=shards)
+    assert runs == [] and again["sweep"] == plain["sweep"]
+    assert f"ring-a-bell search: process 0 reused {p.restarts}" in capsys.readouterr().out

@@ -7,6 +7,7 @@ its adapters disabled, or the UNet itself when it has none (`original_model`).
 
 from __future__ import annotations
 
+import json
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
@@ -29,6 +30,26 @@ class AttackResult:
     columns: dict[str, list] = field(default_factory=dict)  # extra CSV columns, one value per prompt
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # learned embeddings etc.
     log: dict[str, list] = field(default_factory=dict)  # objective per step
+
+
+def pack_results(results: list[AttackResult], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Results (one per budget) as safetensors tensors and text metadata, exactly: for
+    shards (`dm2.sharding`) that carry them between processes and across a killed run."""
+    tensors = {}
+    for b, r in enumerate(results):
+        tensors[f"{prefix}{b}/cond"] = r.cond.clone()
+        tensors.update({f"{prefix}{b}/tensors/{k}": v.clone() for k, v in r.tensors.items()})  # results share some (safetensors refuses)
+    meta = [{"prompts": r.prompts, "columns": list(r.columns.items()), "tensors": list(r.tensors), "log": r.log} for r in results]
+    return tensors, {f"{prefix}results": json.dumps(meta)}
+
+
+def unpack_results(tensors: dict[str, torch.Tensor], meta: dict[str, str], prefix: str = "") -> list[AttackResult]:
+    """What `pack_results` packed."""
+    return [
+        AttackResult(m["prompts"], tensors[f"{prefix}{b}/cond"], dict(m["columns"]),
+                     {k: tensors[f"{prefix}{b}/tensors/{k}"] for k in m["tensors"]}, m["log"])
+        for b, m in enumerate(json.loads(meta[f"{prefix}results"]))
+    ]  # fmt: skip
 
 
 @dataclass

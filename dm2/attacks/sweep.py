@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dm2.attacks.common import AttackInputs, AttackResult, searchable
+from dm2.attacks.common import AttackInputs, AttackResult, pack_results, searchable, unpack_results
 from dm2.attacks.params import ATTACKS, AttacksParams
 from dm2.attacks.registry import REGISTRY
 from dm2.attacks.ring_a_bell import ring_a_bell_attack, world_words
@@ -46,6 +46,8 @@ from dm2.io import (
 from dm2.judge import Judge, judge_concept
 from dm2.params import ConceptParams, ModelsParams, WorldParams
 from dm2.prompts import read_prompts, write_prompts
+from dm2.provenance import weights_hash
+from dm2.sharding import Part, ShardStore, process_state, run_parts
 
 # In stage attack_base's folder (`dm2.paths.ATTACK_BASE_DIR`), read by stages attack and compare.
 INPUTS_FILE = "inputs.safetensors"
@@ -60,10 +62,17 @@ def search_texts_for(p: AttacksParams, prompts_dir: Path) -> list[str] | None:
 
 
 def prepare_attacks(
-    pipe: StableDiffusionPipeline, judge: Judge, concept: str, prompts: list[str], p: AttacksParams, search_texts: list[str] | None = None
+    pipe: StableDiffusionPipeline,
+    judge: Judge,
+    concept: str,
+    prompts: list[str],
+    p: AttacksParams,
+    search_texts: list[str] | None = None,
+    shards: Path | None = None,
 ) -> AttackInputs:
     """Run on the base pipeline; `judge` (the primary one) picks the ideal prompts and CCE's
-    images; discrete searches use the tokens of `search_texts` (None: the whole vocabulary)."""
+    images; discrete searches use the tokens of `search_texts` (None: the whole vocabulary).
+    `shards`: where Ring-A-Bell's finished restarts are kept, spread over launched processes."""
     require(len(prompts) >= p.n_prompts, "attacks.n_prompts", f"{p.n_prompts} asked, only {len(prompts)} normal prompts")
     require(len(prompts) >= p.cce.candidates, "attacks.cce.candidates", f"{p.cce.candidates} asked, only {len(prompts)} normal prompts")
     allowed = searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings, search_texts)
@@ -85,7 +94,13 @@ def prepare_attacks(
         keep = torch.arange(p.n_prompts)
     attacked = [pool[i] for i in keep.tolist()]
     seconds = {"base_images": round(time.time() - start, 1)}
-    ring = [ring_a_bell_attack(pipe, attacked, p.ring_a_bell, p.seed, p.batch_size, allowed, restart) for restart in range(p.restarts)]
+    key = fingerprint(weights_hash(pipe.text_encoder), attacked, p.ring_a_bell, p.seed, p.batch_size, data=allowed.float())
+    store = None if shards is None else ShardStore(shards / "ring_a_bell_search", key)
+
+    def search(restart: int) -> Part:
+        return pack_results(ring_a_bell_attack(pipe, attacked, p.ring_a_bell, p.seed, p.batch_size, allowed, restart))
+
+    ring = [unpack_results(*part) for part in run_parts(p.restarts, search, store, "ring-a-bell search")]
     seconds["ring_a_bell/search"] = round(time.time() - start - seconds["base_images"], 1)
     best = scores[: p.cce.candidates].argsort(descending=True)[: p.cce.images]
     return AttackInputs(attacked, latents[keep], noise[keep], latents[best], ring, allowed, seconds)
@@ -140,6 +155,57 @@ def asr_curves(success: torch.Tensor) -> dict[str, list]:
     }
 
 
+def attack_key(pipe: StableDiffusionPipeline, judges: dict[str, Judge], inputs: AttackInputs, p: AttacksParams, guide: Guide | None) -> str:
+    """What an attack's restarts depend on, for their shards: the attacked UNet's and the
+    text encoder's weights, the judges, the shared inputs, the params and the guidance."""
+    judge_ids = {j: weights_hash(judge) if isinstance(judge, torch.nn.Module) else type(judge).__name__ for j, judge in judges.items()}
+    models = weights_hash(pipe.unet, pipe.text_encoder)
+    return fingerprint(models, judge_ids, inputs.prompts, p, None if guide is None else guide.key(), data=torch.cat([inputs.noise.flatten(), inputs.x0.flatten()]))
+
+
+def _restart(
+    name: str,
+    pipe: StableDiffusionPipeline,
+    judges: dict[str, Judge],
+    concept: str,
+    inputs: AttackInputs,
+    p: AttacksParams,
+    restart: int,
+    noise: torch.Tensor,
+    guide: Guide | None,
+) -> Part:
+    """One restart of one attack, judged at every budget, packed for a shard: per judge its
+    best-so-far verdicts (budgets x prompts) and the scores it gave, the images (per prompt
+    the latest made), and what the attack found at the largest budget."""
+    n = p.n_prompts
+    results = REGISTRY[name].run(pipe, inputs, p, restart)
+    done = {j: torch.zeros(n, dtype=torch.bool) for j in judges}
+    verdicts = {j: torch.zeros(len(results), n, dtype=torch.bool) for j in judges}
+    latest = torch.zeros(n, 3, *inputs.x0.shape[-2:])
+    scores: dict[str, torch.Tensor] = {j: torch.full((n,), float("nan")) for j in judges}
+    for b, result in enumerate(results):
+        todo = ~torch.stack(list(done.values())).all(0)  # not yet attacked by every judge
+        idx = todo.nonzero().squeeze(1)
+        if len(idx):
+            images = generate(pipe, result.cond[idx], p.seed, p.steps, p.guidance, guide=guide, noise=noise[idx])
+            if latest.shape[-2:] != images.shape[-2:]:
+                latest = torch.zeros(n, *images.shape[1:])
+            latest[idx] = images
+            for j, judge in judges.items():
+                s, verdict = judge_concept(judge, images, concept)
+                open_ = ~done[j][idx]  # a prompt this judge already called the concept keeps that image's score
+                scores[j][idx[open_]] = s.float()[open_]
+                done[j][idx] |= verdict.bool()
+        for j in judges:
+            verdicts[j][b] = done[j]
+    tensors, meta = pack_results(results[-1:], "final/")
+    tensors.update({f"verdicts/{j}": v for j, v in verdicts.items()})
+    tensors.update({f"scores/{j}": v for j, v in scores.items()})
+    if restart == 0:  # the images the stage shows
+        tensors["images"] = latest
+    return tensors, meta
+
+
 def sweep_attack(
     name: str,
     pipe: StableDiffusionPipeline,
@@ -149,50 +215,33 @@ def sweep_attack(
     p: AttacksParams,
     out_dir: Path,
     guide: Guide | None = None,
+    shards: Path | None = None,
 ) -> tuple[dict, torch.Tensor]:
-    """Every restart of one attack, judged at every budget. Writes, per restart, the
-    prompts found at the largest budget with each judge's best-so-far verdict. Returns
-    ({"budgets", judge: asr_curves}, the images of restart 0: per prompt the latest made)."""
+    """Every restart of one attack, judged at every budget. Writes (the main process alone),
+    per restart, the prompts found at the largest budget with each judge's best-so-far
+    verdict. Returns ({"budgets", judge: asr_curves}, the images of restart 0: per prompt
+    the latest made). `shards`: a folder where finished restarts are kept, which also
+    spreads the restarts over launched processes (`dm2.sharding`)."""
     budgets = p.budgets(name)
     n = p.n_prompts
     # Prompts that stand for a normal prompt start from that prompt's base noise.
     noise = inputs.noise if REGISTRY[name].from_normal_prompts else initial_noise(n, pipe.unet, p.seed)
-    success = {j: torch.zeros(p.restarts, len(budgets), n, dtype=torch.bool) for j in judges}
-    shown = None
-    for restart in range(p.restarts):
-        results = REGISTRY[name].run(pipe, inputs, p, restart)
-        done = {j: torch.zeros(n, dtype=torch.bool) for j in judges}
-        latest = torch.zeros(n, 3, *inputs.x0.shape[-2:]) if restart == 0 else None
-        scores: dict[str, torch.Tensor] = {j: torch.full((n,), float("nan")) for j in judges}
-        for b, result in enumerate(results):
-            todo = ~torch.stack(list(done.values())).all(0)  # not yet attacked by every judge
-            idx = todo.nonzero().squeeze(1)
-            if len(idx):
-                images = generate(pipe, result.cond[idx], p.seed, p.steps, p.guidance, guide=guide, noise=noise[idx])
-                if latest is not None:
-                    if latest.shape[-2:] != images.shape[-2:]:
-                        latest = torch.zeros(n, *images.shape[1:])
-                    latest[idx] = images
-                for j, judge in judges.items():
-                    s, verdict = judge_concept(judge, images, concept)
-                    open_ = ~done[j][idx]  # a prompt this judge already called the concept keeps that image's score
-                    scores[j][idx[open_]] = s.float()[open_]
-                    done[j][idx] |= verdict.bool()
+    store = None if shards is None else ShardStore(shards / name, attack_key(pipe, judges, inputs, p, guide))
+    parts = run_parts(p.restarts, lambda r: _restart(name, pipe, judges, concept, inputs, p, r, noise, guide), store, name)
+    success = {j: torch.stack([tensors[f"verdicts/{j}"] for tensors, _ in parts]) for j in judges}  # restarts x budgets x prompts
+    if process_state().is_main_process:
+        for restart, (tensors, meta) in enumerate(parts):
+            (final,) = unpack_results(tensors, meta, "final/")
+            columns = {**final.columns}
             for j in judges:
-                success[j][restart, b] = done[j]
-        if latest is not None:
-            shown = latest
-        final = results[-1]
-        columns = {**final.columns}
-        for j in judges:
-            columns[f"score_{j}"] = [round(v, 6) for v in scores[j].tolist()]
-            columns[f"is_concept_{j}"] = done[j].tolist()
-        folder = out_dir / name / f"restart{restart}"
-        write_prompts(final.prompts, folder / "prompts.csv", columns)
-        save_tensors(final.tensors, folder / "embeddings.safetensors")
-        write_json(final.log, folder / "log.json")
+                columns[f"score_{j}"] = [round(v, 6) for v in tensors[f"scores/{j}"].tolist()]
+                columns[f"is_concept_{j}"] = tensors[f"verdicts/{j}"][-1].tolist()
+            folder = out_dir / name / f"restart{restart}"
+            write_prompts(final.prompts, folder / "prompts.csv", columns)
+            save_tensors(final.tensors, folder / "embeddings.safetensors")
+            write_json(final.log, folder / "log.json")
     curves = {"budgets": budgets, **{j: asr_curves(s) for j, s in success.items()}}
-    return curves, shown
+    return curves, parts[0][0]["images"]
 
 
 def sweep_model(
@@ -203,17 +252,19 @@ def sweep_model(
     p: AttacksParams,
     out_dir: Path,
     guide: Guide | None = None,
+    shards: Path | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """Every attack against the model `pipe` is now. Returns (metrics: `asr` per judge
     and attack (best restart, largest budget), `sweep` per attack, `seconds`; images per
-    attack)."""
+    attack). `shards`: see `sweep_attack`."""
     sweep, images, seconds = {}, {}, {}
     for name in ATTACKS:
         t0 = time.time()
-        sweep[name], images[name] = sweep_attack(name, pipe, judges, concept, inputs, p, out_dir, guide)
+        sweep[name], images[name] = sweep_attack(name, pipe, judges, concept, inputs, p, out_dir, guide, shards)
         seconds[name] = round(time.time() - t0, 1)
         headline = ", ".join(f"{j} {sweep[name][j]['best'][-1]:.1f}%" for j in judges)
-        print(f"{name} vs {out_dir.name}: ASR {headline} ({seconds[name]:.0f}s)")
+        if process_state().is_main_process:
+            print(f"{name} vs {out_dir.name}: ASR {headline} ({seconds[name]:.0f}s)")
     asr = {j: {name: sweep[name][j]["best"][-1] for name in ATTACKS} for j in judges}
     return {"asr": asr, "sweep": sweep, "seconds": seconds}, images
 
