@@ -12,6 +12,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from dm2.precision import full_precision
 from dm2.weights import load_float32, save_float16
 
 WORLD_CLIP = "world-clip"
@@ -63,6 +64,7 @@ class ClipModel:
         return float(self.model.logit_scale.detach().exp())
 
     @torch.no_grad()
+    @full_precision
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised features (on CPU) of images in [0, 1], N x 3 x H x W of any size."""
         size, mean, std = model_preprocess(self.model)
@@ -73,6 +75,7 @@ class ClipModel:
         return torch.cat(out)
 
     @torch.no_grad()
+    @full_precision
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised features (on CPU) of `texts`."""
         out = []

@@ -65,7 +65,7 @@ def encode_prompts(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.T
     ids = pipe.tokenizer(
         prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids.to(pipe.text_encoder.device)
-    return pipe.text_encoder(ids)[0]
+    return pipe.text_encoder(ids)[0].to(pipe.text_encoder.dtype)  # float32 out of a bf16 autocast too
 
 
 def encode_token_embeddings(text_encoder: CLIPTextModel, embeds: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ def encode_token_embeddings(text_encoder: CLIPTextModel, embeds: torch.Tensor) -
     hidden = text_encoder.embeddings(inputs_embeds=embeds)
     mask = create_causal_mask(config=text_encoder.config, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
     hidden = text_encoder.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True).last_hidden_state
-    return text_encoder.final_layer_norm(hidden)
+    return text_encoder.final_layer_norm(hidden).to(text_encoder.dtype)
 
 
 def prompt_token_embeddings(pipe: StableDiffusionPipeline, prompt: str) -> torch.Tensor:
@@ -110,7 +110,7 @@ def noised(scheduler: DDIMScheduler, x0: torch.Tensor, g: torch.Generator) -> tu
 def images_to_latents(vae: AutoencoderKL, images: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1] (N x 3 x H x W) to scaled latents (posterior mean)."""
     posterior = vae.encode(images.to(vae.device, vae.dtype) * 2 - 1).latent_dist
-    return posterior.mean * vae.config.scaling_factor
+    return (posterior.mean * vae.config.scaling_factor).to(vae.dtype)
 
 
 @torch.no_grad()
@@ -153,9 +153,9 @@ def sample(
     with torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
             x_in = scheduler.scale_model_input(x, t)
-            eps = unet(x_in, t, encoder_hidden_states=cond).sample
+            eps = unet(x_in, t, encoder_hidden_states=cond).sample.to(x.dtype)  # guidance in float32 under autocast
             if guidance != 1.0 or guide is not None:  # a guide needs the unconditional branch
-                eps_u = unet(x_in, t, encoder_hidden_states=uncond).sample
+                eps_u = unet(x_in, t, encoder_hidden_states=uncond).sample.to(x.dtype)
                 if guide is not None:
                     eps = guide(i, x_in, t, eps, eps_u)
                 if guidance != 1.0:

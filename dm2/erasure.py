@@ -94,7 +94,7 @@ class DarkMiner:
         require(len(pool_latents) >= m.k, "pool.size", f"the pool has {len(pool_latents)} images, mining needs k = {m.k}")
         self.pipe, self.clip, self.settings = pipe, clip, settings
         self.pool_latents = pool_latents
-        self.lora_params = add_lora(pipe.unet, e.lora_rank, seed=e.seed)
+        self.lora_params = add_lora(pipe.unet, e.lora_rank, tuple(e.lora_targets), seed=e.seed)
         self.anchor = encode_prompts(pipe, [cp.anchor])  # c0's states
         self.reference = encode_prompts(pipe, [settings.verify.reference_prompt])  # x_r's
         # c starts as a prompt's own token embeddings (after BOS), so it first means that prompt

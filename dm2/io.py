@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from dm2 import precision
 from dm2.config import InputError
 
 
@@ -111,7 +112,10 @@ def read_json(path: str | Path) -> Any:
 def fingerprint(*sections: Any, data: torch.Tensor | None = None) -> str:
     """Identifies the settings (params dataclasses or plain values) and input tensor an
     output was made from, so a stage reuses a saved result only when they match."""
-    h = hashlib.sha256(json.dumps([asdict(s) if is_dataclass(s) else s for s in sections], sort_keys=True).encode())
+    described = [asdict(s) if is_dataclass(s) else s for s in sections]
+    if precision.current() != "fp32":  # results made under autocast differ from float32 ones
+        described.append({"precision": precision.current()})
+    h = hashlib.sha256(json.dumps(described, sort_keys=True).encode())
     if data is not None:
         h.update(data.float().numpy().tobytes())
     return h.hexdigest()[:16]

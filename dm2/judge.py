@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from dm2.config import InputError
 from dm2.io import read_metadata
 from dm2.params import ModelsParams
+from dm2.precision import full_precision
 from dm2.weights import load_float32, save_float16
 
 WORLD_IMAGE_SIZE = 32
@@ -53,6 +54,7 @@ class WorldJudge(nn.Module):
         )  # fmt: skip
         self.heads = nn.ModuleDict({head: nn.Linear(4 * w, len(names)) for head, names in self.classes.items()})
 
+    @full_precision
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(penultimate features, logits per head) of images in [0, 1]; differentiable."""
         if images.shape[-2:] != (WORLD_IMAGE_SIZE, WORLD_IMAGE_SIZE):

@@ -20,6 +20,8 @@ from dm2.world import DEFAULT_SYNONYMS, IMAGE_SIZE, WorldSpec
 OPTIMIZERS = ("sgd", "adam")
 REPLAYS = ("loop", "epoch")
 MINE_INITS = ("anchor", "concept")
+PRECISIONS = ("fp32", "bf16")  # the `precision` param (dm2/precision.py)
+LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")  # of every attention module, self and cross
 LORA_VARIANTS = ("x", "u")  # x: cross-attention projections (ESD-x); u: the rest (ESD-u)
 MODES = ("concat", "additive")
 KINDS = ("inappropriate", "object")
@@ -225,6 +227,9 @@ class EraseParams(Section):
     key: ClassVar[str] = "erase"
     max_loops: int
     lora_rank: int = 8
+    # Projections of every attention module (self and cross) the LoRA goes on; the paper:
+    # the value projection (Table S6 compares key and query).
+    lora_targets: list[str] = field(default_factory=lambda: ["to_v"])
     seed: int = 0
     # CPU threads torch uses: float reductions (and so the whole loop's trajectory) depend
     # on the count, so a fixed count gives the same LoRA on every machine.
@@ -233,6 +238,10 @@ class EraseParams(Section):
     def validate(self, name: str) -> None:
         require(self.max_loops > 0, f"{name}.max_loops", f"must be positive, got {self.max_loops}")
         require(self.lora_rank > 0, f"{name}.lora_rank", f"must be positive, got {self.lora_rank}")
+        require(bool(self.lora_targets), f"{name}.lora_targets", "must name at least one projection")
+        for target in self.lora_targets:
+            require(target in LORA_PROJECTIONS, f"{name}.lora_targets", f"{target!r} is not one of {list(LORA_PROJECTIONS)}")
+        require(len(set(self.lora_targets)) == len(self.lora_targets), f"{name}.lora_targets", f"names a projection twice: {self.lora_targets}")
         require(self.cpu_threads > 0, f"{name}.cpu_threads", f"must be positive, got {self.cpu_threads}")
 
 
@@ -517,7 +526,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "attacks": AttacksParams,
 }
-SCALARS = ("method", "device")
+SCALARS = ("method", "device", "precision")
 
 
 def is_local_path(value: str) -> bool:
@@ -576,7 +585,8 @@ def check_params(data: dict[str, Any], root: str | Path = ".") -> dict[str, Any]
     require(isinstance(data["method"], str), "method", f"expected a method name, got {data['method']!r}")
     check_method(data["method"])
     require(data["device"] in DEVICES, "device", f"{data['device']!r} is not one of {list(DEVICES)}")
-    sections.update(method=data["method"], device=data["device"])
+    require(data["precision"] in PRECISIONS, "precision", f"{data['precision']!r} is not one of {list(PRECISIONS)}")
+    sections.update(method=data["method"], device=data["device"], precision=data["precision"])
     _check_models(sections["models"], root)
     _check_concept(sections["concept"], sections["world"], root)
     _check_text_positions(sections)

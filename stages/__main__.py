@@ -31,13 +31,16 @@ STAGES = (
 # Stages whose image generation (pool, evaluate) or attack restarts (attack, compare) are
 # spread over the processes of `accelerate launch` (`dm2.sharding`); the others run in one.
 MULTI_PROCESS = ("pool", "evaluate", "attack", "compare")
+# Stages whose diffusion-model passes run at the `precision` param (`dm2.precision`); the
+# world's own training and check always run in float32.
+AT_PRECISION = ("pool", "erase", "baseline", "evaluate", "attack", "compare")
 
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in STAGES:
         raise SystemExit(f"usage: python -m stages STAGE [ARG]; stages: {', '.join(STAGES)}")
     try:
-        check_params(load_params())
+        params = check_params(load_params())
     except ParamsError as e:
         raise SystemExit(f"params.yaml: {e}") from None
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
@@ -45,8 +48,13 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"{argv[0]}: runs in one process, not {processes}; of the stages only {', '.join(MULTI_PROCESS)} spread over processes")
     stage = importlib.import_module(f"stages.{argv[0]}")
     sys.argv = [stage.__file__, *argv[1:]]  # the stage reads its argument as when run alone
+    from dm2.models import resolve_device
+    from dm2.precision import model_precision
+
+    precision = params["precision"] if argv[0] in AT_PRECISION else "fp32"
     try:
-        stage.main()
+        with model_precision(precision, resolve_device(params["device"])):
+            stage.main()
     except (ParamsError, InputError, FileNotFoundError) as e:  # bad input: one line naming it; bugs keep their traceback
         raise SystemExit(f"{argv[0]}: {e}") from None
 

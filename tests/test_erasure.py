@@ -43,6 +43,17 @@ def test_several_candidates_go_on_with_the_best(tiny_pipe, tiny_clip, pool):
     assert torch.equal(three.embeddings[0], one.embeddings[0]) == (best == 0)
 
 
+@pytest.mark.parametrize("targets", [["to_k"], ["to_q", "to_v"]])
+def test_lora_goes_on_the_projections_named(tiny_pipe, tiny_clip, pool, targets):
+    """`erase.lora_targets`: adapters on exactly those projections, self- and cross-attention."""
+    s = settings(max_loops=1)
+    s.erase.lora_targets = targets
+    DarkMiner(tiny_pipe, tiny_clip, pool[0], pool[1], s)
+    adapted = {name.rsplit(".", 1)[0] for name, _ in tiny_pipe.unet.named_modules() if name.endswith(".lora_A")}
+    assert {name.split(".attn")[1].split(".", 1)[1] for name in adapted} == set(targets)
+    assert {name.split(".attn")[1][0] for name in adapted} == {"1", "2"}
+
+
 def test_loop_stops_by_verification(tiny_pipe, tiny_clip, pool):
     state = loops(tiny_pipe, tiny_clip, pool, settings(tau=1.0))  # no cosine exceeds 1
     assert state.stop == "verification" and len(state.log) == 1 and not state.log[0]["circumvented"]

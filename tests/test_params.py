@@ -136,6 +136,9 @@ def test_whole_file_checks_and_returns_every_section():
         (lambda p: p["verify"].update(tau=float("nan")), r"verify\.tau: expected a finite number, got nan"),
         (lambda p: p["pool"].update(size=True), r"pool\.size: expected an integer, got bool"),
         (lambda p: p["pool"].update(size=2.5), r"pool\.size: expected an integer, got 2\.5"),
+        (lambda p: p["erase"].update(lora_targets=["to_x"]), r"erase\.lora_targets: 'to_x' is not one of \['to_q', 'to_k', 'to_v', 'to_out\.0'\]"),
+        (lambda p: p["erase"].update(lora_targets=[]), r"erase\.lora_targets: must name at least one projection"),
+        (lambda p: p["erase"].update(lora_targets="to_v"), r"erase\.lora_targets: expected a list"),
     ],
 )
 def test_cross_section_and_file_checks_name_the_key(edit, message):

@@ -124,7 +124,7 @@ def id_strings(tokenizer: CLIPTokenizer, ids: torch.Tensor) -> list[str]:
 @torch.no_grad()
 def states(text_encoder: CLIPTextModel, ids: torch.Tensor) -> torch.Tensor:
     """The text encoder's states for token ids (N x 77)."""
-    return text_encoder(ids.to(text_encoder.device))[0]
+    return text_encoder(ids.to(text_encoder.device))[0].to(text_encoder.dtype)
 
 
 def original_model(unet: UNet2DConditionModel) -> AbstractContextManager[None]:

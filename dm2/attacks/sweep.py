@@ -61,21 +61,14 @@ def search_texts_for(p: AttacksParams, prompts_dir: Path) -> list[str] | None:
     return [q for path in sorted(prompts_dir.glob("*.csv")) for q in read_prompts(path)] if p.search_space == "prompts" else None
 
 
-def prepare_attacks(
-    pipe: StableDiffusionPipeline,
-    judge: Judge,
-    concept: str,
-    prompts: list[str],
-    p: AttacksParams,
-    search_texts: list[str] | None = None,
-    shards: Path | None = None,
+def base_inputs(
+    pipe: StableDiffusionPipeline, judge: Judge, concept: str, prompts: list[str], p: AttacksParams, allowed: torch.Tensor
 ) -> AttackInputs:
-    """Run on the base pipeline; `judge` (the primary one) picks the ideal prompts and CCE's
-    images; discrete searches use the tokens of `search_texts` (None: the whole vocabulary).
-    `shards`: where Ring-A-Bell's finished restarts are kept, spread over launched processes."""
+    """The base model's side every attack but Ring-A-Bell needs (`ring` left empty): the
+    attacked prompts, their base images and starting noise, and CCE's inversion set.
+    `judge` (the primary one) picks the ideal prompts and CCE's images."""
     require(len(prompts) >= p.n_prompts, "attacks.n_prompts", f"{p.n_prompts} asked, only {len(prompts)} normal prompts")
     require(len(prompts) >= p.cce.candidates, "attacks.cce.candidates", f"{p.cce.candidates} asked, only {len(prompts)} normal prompts")
-    allowed = searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings, search_texts)
     start = time.time()
     # The base model's image for every normal prompt that may be used: P4D / UnlearnDiff start
     # from it (same prompt, same starting noise), CCE inverts the best-judged ones.
@@ -92,18 +85,35 @@ def prepare_attacks(
         )  # fmt: skip
     else:
         keep = torch.arange(p.n_prompts)
-    attacked = [pool[i] for i in keep.tolist()]
+    best = scores[: p.cce.candidates].argsort(descending=True)[: p.cce.images]
     seconds = {"base_images": round(time.time() - start, 1)}
-    key = fingerprint(weights_hash(pipe.text_encoder), attacked, p.ring_a_bell, p.seed, p.batch_size, data=allowed.float())
+    return AttackInputs([pool[i] for i in keep.tolist()], latents[keep], noise[keep], latents[best], [], allowed, seconds)
+
+
+def prepare_attacks(
+    pipe: StableDiffusionPipeline,
+    judge: Judge,
+    concept: str,
+    prompts: list[str],
+    p: AttacksParams,
+    search_texts: list[str] | None = None,
+    shards: Path | None = None,
+) -> AttackInputs:
+    """Run on the base pipeline: `base_inputs`, then Ring-A-Bell's search; discrete
+    searches use the tokens of `search_texts` (None: the whole vocabulary). `shards`: where
+    Ring-A-Bell's finished restarts are kept, spread over launched processes."""
+    allowed = searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings, search_texts)
+    inputs = base_inputs(pipe, judge, concept, prompts, p, allowed)
+    start = time.time()
+    key = fingerprint(weights_hash(pipe.text_encoder), inputs.prompts, p.ring_a_bell, p.seed, p.batch_size, data=allowed.float())
     store = None if shards is None else ShardStore(shards / "ring_a_bell_search", key)
 
     def search(restart: int) -> Part:
-        return pack_results(ring_a_bell_attack(pipe, attacked, p.ring_a_bell, p.seed, p.batch_size, allowed, restart))
+        return pack_results(ring_a_bell_attack(pipe, inputs.prompts, p.ring_a_bell, p.seed, p.batch_size, allowed, restart))
 
-    ring = [unpack_results(*part) for part in run_parts(p.restarts, search, store, "ring-a-bell search")]
-    seconds["ring_a_bell/search"] = round(time.time() - start - seconds["base_images"], 1)
-    best = scores[: p.cce.candidates].argsort(descending=True)[: p.cce.images]
-    return AttackInputs(attacked, latents[keep], noise[keep], latents[best], ring, allowed, seconds)
+    inputs.ring = [unpack_results(*part) for part in run_parts(p.restarts, search, store, "ring-a-bell search")]
+    inputs.seconds["ring_a_bell/search"] = round(time.time() - start, 1)
+    return inputs
 
 
 def save_inputs(inputs: AttackInputs, path: Path, key: str) -> None:

@@ -1,0 +1,70 @@
+"""The `precision` param: float32 everywhere, or bfloat16 autocast for the diffusion model's
+passes (UNet, text encoder, VAE), forward and backward, with float32 weights, adapters and
+optimiser state.
+
+A stage runs inside `model_precision` (entered by `python -m stages`). The judges and CLIP
+always measure in float32 (`full_precision`), so a figure changes only through the images
+it is given. Text states and latents leave the model passes as float32, so what is saved
+and what the judges see keeps its dtype. Every `dm2.io.fingerprint` made under bf16
+records it, so a cached result, shard or checkpoint made at one precision is never
+reused at another; float32 keys are those of a run without this module.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator, TypeVar
+
+import torch
+
+from dm2.config import ParamsError
+from dm2.params import PRECISIONS
+
+_CURRENT: ContextVar[str] = ContextVar("precision", default="fp32")
+F = TypeVar("F", bound=Callable)
+
+
+def current() -> str:
+    """The precision the enclosing `model_precision` set ("fp32" outside any)."""
+    return _CURRENT.get()
+
+
+def check_supported(precision: str, device: torch.device) -> None:
+    """Refuse bf16 where the device has no bfloat16 arithmetic (it would run emulated, slower)."""
+    if precision not in PRECISIONS:
+        raise ParamsError(f"precision: {precision!r} is not one of {list(PRECISIONS)}")
+    if precision == "fp32":
+        return
+    if device.type == "cuda":
+        ok, need = torch.cuda.is_bf16_supported(), "a GPU with bfloat16 (Ampere or newer)"
+    else:
+        ok, need = torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported(), "a CPU with AVX512-BF16 or AMX"
+    if not ok:
+        raise ParamsError(f"precision: bf16 needs {need}; this {device.type} has none, use fp32")
+
+
+@contextmanager
+def model_precision(precision: str, device: torch.device) -> Iterator[None]:
+    """Run the body at `precision` on `device` (see the module docstring)."""
+    check_supported(precision, device)
+    token = _CURRENT.set(precision)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            yield
+    finally:
+        _CURRENT.reset(token)
+
+
+def full_precision(fn: F) -> F:
+    """`fn` with autocast off on every device: measurements (judges, CLIP) stay float32."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with ExitStack() as stack:
+            for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
+                stack.enter_context(torch.autocast(device, enabled=False))
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
