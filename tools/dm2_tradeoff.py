@@ -42,7 +42,7 @@ from dm2.io import load_tensors, write_json  # noqa: E402
 from dm2.judge import load_judges  # noqa: E402
 from dm2.lora import save_lora  # noqa: E402
 from dm2.params import CircumventParams, EraseParams, EvaluateParams, MineParams, VerifyParams, WorldParams  # noqa: E402
-from dm2.paths import POOL_FILE, PROMPTS_DIR  # noqa: E402
+from dm2.paths import COMPARE_METRICS_DIR, EVAL_METRICS, POOL_FILE, PROMPTS_DIR  # noqa: E402
 from dm2.prompts import read_prompts  # noqa: E402
 
 
@@ -89,19 +89,76 @@ def measure_model(pipe, params: dict, eval_p: EvaluateParams, attacks: list[str]
     return row
 
 
+def summary(results: dict, compare_dir: Path, eval_metrics: Path) -> tuple[str, list[dict]]:
+    """A markdown table of every run (drops against this protocol's base) and the points
+    of the trade-off plot: each DM2 run, plus the baselines' full-protocol figures from
+    `compare_dir` (their other-shape accuracy uses the same 100 prompts and seeds)."""
+    base = results["base"]["eval"]
+    rows = ["| run | loops (circumvented) | Ratio world / geom. | other-shape acc. drop world / geom. | CLIP drop | FD rise % | "
+            + "CCE ASR world / geom. per budget |", "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    points = []
+    for run, r in results.items():
+        e = r["eval"]
+        drop = (base["other_shapes_accuracy"] - e["other_shapes_accuracy"], base["second_judge"]["other_shapes_accuracy"] - e["second_judge"]["other_shapes_accuracy"])
+        loops = f"{len(r['loops'])} ({sum(x['circumvented'] for x in r['loops'])})" if "loops" in r else "-"
+        cce = r["asr"].get("cce")
+        curve = " / ".join(f"{w:.0f}-{g:.0f}" for w, g in zip(cce["world"], cce["geometric"])) if cce else "-"
+        rows.append(
+            f"| {run} | {loops} | {e['ratio']:.1f} / {e['second_judge']['ratio']:.1f} | {drop[0]:.1f} / {drop[1]:.1f} | "
+            f"{base['clip_score'] - e['clip_score']:.2f} | {100 * (e['fd'] / base['fd'] - 1):.1f} | {curve} |"
+        )
+        if cce and run != "base":
+            points.append({"name": run, "cce": cce["world"][-1], "acc_drop": drop[0], "clip_drop": base["clip_score"] - e["clip_score"], "dm2": True})
+    if eval_metrics.is_file():
+        full_base = json.loads(eval_metrics.read_text())["base"]
+        for path in sorted(compare_dir.glob("*.json")):
+            m = json.loads(path.read_text())
+            points.append({"name": path.stem, "cce": m["asr"]["cce"], "acc_drop": full_base["other_shapes_accuracy"] - m["other_shapes_accuracy"],
+                           "clip_drop": full_base["clip_score"] - m["clip_score"], "dm2": False})  # fmt: skip
+    return "\n".join(rows), points
+
+
+def plot(points: list[dict], path: Path) -> None:
+    """CCE ASR (world judge, best restart, largest budget) against each preservation loss."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, key, label in ((axes[0], "acc_drop", "other-shape accuracy drop (points, world judge)"), (axes[1], "clip_drop", "CLIP score drop")):
+        for pt in points:
+            ax.scatter(pt[key], pt["cce"], marker="o" if pt["dm2"] else "s", color="tab:blue" if pt["dm2"] else "tab:gray")
+            ax.annotate(pt["name"], (pt[key], pt["cce"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel("CCE ASR % (world judge)")
+        ax.set_ylim(-5, 105)
+    fig.suptitle("Erasure robustness against preservation: DM2 settings (circles) and baselines (squares)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--setting", nargs="+", action="append", required=True, metavar="NAME [KEY=VALUE ...]")
+    parser.add_argument("--setting", nargs="+", action="append", default=[], metavar="NAME [KEY=VALUE ...]")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--attacks", nargs="*", default=["cce"])
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--heldout", type=int, default=200)
     parser.add_argument("--all", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run, the base included")
+    parser.add_argument("--base-attacks", action="store_true", help="attack the base model too (stage attack_base has its figures)")
+    parser.add_argument("--summary", action="store_true", help="only write OUT/summary.md and OUT/tradeoff.png from the results so far")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    if args.summary:
+        table, points = summary(results, COMPARE_METRICS_DIR, EVAL_METRICS)
+        (args.out / "summary.md").write_text(table + "\n")
+        plot(points, args.out / "tradeoff.png")
+        print(table)
+        return
 
     params = with_overrides(load_params(), args.all)
     threads = torch.get_num_threads()  # erase pins its own; the rest runs at the default
@@ -114,7 +171,7 @@ def main() -> None:
     allowed = searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings, search_texts_for(p, PROMPTS_DIR))
     inputs = base_inputs(pipe, judge, concept.name, read_prompts(PROMPTS_DIR / f"{concept.name}.csv"), p, allowed)
     if "base" not in results:
-        results["base"] = measure_model(pipe, params, eval_p, args.attacks, inputs, args.out / "base")
+        results["base"] = measure_model(pipe, params, eval_p, args.attacks if args.base_attacks else [], inputs, args.out / "base")
         write_json(results, results_path)
     pool = load_tensors(POOL_FILE)
     for name, *overrides in args.setting:
