@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
-from dataclasses import replace
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dm2.attacks.params import ATTACK_LABELS, ATTACK_PARAMS, ATTACKS, AttacksParams
 from dm2.config import ParamsError, load_params, parse_section
@@ -28,13 +30,20 @@ from dm2.params import (
     check_method,
     check_params,
 )
+from dm2.presets import WORLD_SECTIONS, apply_preset
+from dm2.presets import main as presets_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", ["params.yaml", "presets/sd14.yaml"])
-def test_every_section_parses(path, tmp_path):
-    params = load_params(ROOT / path)
+def sd14_params() -> dict:
+    """params.yaml with the SD v1.4 overlay applied, as `python -m dm2.presets` writes it."""
+    return yaml.safe_load(apply_preset((ROOT / "params.yaml").read_text(), load_params(ROOT / "presets/sd14.yaml")))
+
+
+@pytest.mark.parametrize("which", ["world", "sd14"])
+def test_every_section_parses(which, tmp_path):
+    params = load_params(ROOT / "params.yaml") if which == "world" else sd14_params()
     check_method(params["method"])
     coco = params["evaluate"].get("coco")
     if coco:  # the preset points at COCO files the user provides: stand-ins here
@@ -49,7 +58,7 @@ def test_every_section_parses(path, tmp_path):
 
 
 def test_sd14_preset_has_the_paper_settings():
-    params = load_params(ROOT / "presets/sd14.yaml")
+    params = sd14_params()
     m = parse_section(MineParams, params["mine"], "mine")
     cp = parse_section(CircumventParams, params["circumvent"], "circumvent")
     v = parse_section(VerifyParams, params["verify"], "verify")
@@ -59,6 +68,37 @@ def test_sd14_preset_has_the_paper_settings():
     assert (m.norm_bound, v.samples, v.references, cp.images) == (None, 1, 1, 1)  # the paper: unbounded c, one x_c, one x_r, one x
     assert (cp.replay, cp.preserve) == ("loop", [])  # one pick of r per step; l_p keeps c0, 0*c, -c only
     assert params["models"]["diffusion"] == "CompVis/stable-diffusion-v1-4"
+
+
+def test_preset_overlay_leaves_the_world_sections_byte_equal(tmp_path):
+    """Applied in place, the overlay changes only what it names: the world and training
+    sections keep every byte (so DVC does not retrain the shipped world), comments stay."""
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    presets_main([str(ROOT / "presets/sd14.yaml"), str(params)])
+
+    def sections(text: str) -> dict[str, str]:
+        blocks = re.split(r"^(?=[a-z_]+:)", text, flags=re.M)
+        return {b.split(":", 1)[0]: b for b in blocks if b.strip() and not b.startswith("#")}
+
+    before, after = sections((ROOT / "params.yaml").read_text()), sections(params.read_text())
+    for name in WORLD_SECTIONS:
+        assert after[name] == before[name], name
+    assert after["mine"] != before["mine"] and "# paper: 3 pool images per loop" in after["mine"]
+    assert yaml.safe_load(params.read_text()) == sd14_params()
+
+
+def test_preset_naming_a_world_section_is_refused(tmp_path):
+    preset = tmp_path / "bad.yaml"
+    preset.write_text("world:\n  seed: 1\nmine:\n  epochs: 5\n")
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    with pytest.raises(SystemExit, match=r"bad\.yaml: world: a preset may not change the shipped world's sections"):
+        presets_main([str(preset), str(params)])
+    preset.write_text("mine:\n  epochs: -5\n")
+    with pytest.raises(SystemExit, match=r"mine\.epochs: must be positive"):
+        presets_main([str(preset), str(params)])
+    assert params.read_text() == (ROOT / "params.yaml").read_text()  # nothing written
 
 
 def test_world_without_synonyms_is_refused():
