@@ -136,30 +136,39 @@ def sample(
     steps: int,
     guidance: float,
     guide: Guide | None = None,
+    batch_branches: bool | None = None,
 ) -> torch.Tensor:
     """Deterministic DDIM (eta = 0) with classifier-free guidance.
 
-    `cond` and `uncond` may differ in token length (a mined 32-token embedding against
-    the 77-token empty prompt), so the two branches run as separate UNet calls.
     `guide` (SLD) is reset, then steers the conditional prediction of every step before
-    the guidance is applied. Returns the final scaled latents.
+    the guidance is applied. `batch_branches`: the conditional and unconditional passes
+    as one UNet call of 2N; None: on a GPU, where one larger call is faster. On CPU they
+    stay two calls, because a batch of 2N does not reproduce their float results bit for
+    bit (the world's results repeat exactly). Returns the final scaled latents.
     """
     if uncond.shape[0] == 1 and cond.shape[0] > 1:
         uncond = uncond.expand(cond.shape[0], -1, -1)
     if guide is not None:
         guide.reset()
+    both = guidance != 1.0 or guide is not None  # a guide needs the unconditional branch
+    if batch_branches is None:
+        batch_branches = cond.device.type == "cuda"
+    batch_branches = batch_branches and both and cond.shape[1:] == uncond.shape[1:]
+    stacked = torch.cat([uncond, cond]) if batch_branches else None
     scheduler.set_timesteps(steps)
     x = latents * scheduler.init_noise_sigma
     with torch.no_grad():
         for i, t in enumerate(scheduler.timesteps):
             x_in = scheduler.scale_model_input(x, t)
-            eps = unet(x_in, t, encoder_hidden_states=cond).sample.to(x.dtype)  # guidance in float32 under autocast
-            if guidance != 1.0 or guide is not None:  # a guide needs the unconditional branch
-                eps_u = unet(x_in, t, encoder_hidden_states=uncond).sample.to(x.dtype)
-                if guide is not None:
-                    eps = guide(i, x_in, t, eps, eps_u)
-                if guidance != 1.0:
-                    eps = eps_u + guidance * (eps - eps_u)
+            if batch_branches:
+                eps_u, eps = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=stacked).sample.to(x.dtype).chunk(2)
+            else:
+                eps = unet(x_in, t, encoder_hidden_states=cond).sample.to(x.dtype)  # guidance in float32 under autocast
+                eps_u = unet(x_in, t, encoder_hidden_states=uncond).sample.to(x.dtype) if both else None
+            if guide is not None:
+                eps = guide(i, x_in, t, eps, eps_u)
+            if guidance != 1.0:
+                eps = eps_u + guidance * (eps - eps_u)
             x = scheduler.step(eps, t, x).prev_sample
     return x
 
