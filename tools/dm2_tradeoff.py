@@ -118,6 +118,31 @@ def summary(results: dict, compare_dir: Path, eval_metrics: Path) -> tuple[str, 
     return "\n".join(rows), points
 
 
+def over_seeds(results: dict) -> str:
+    """Per setting, over its seeds: mean and worst of loops, Ratio, other-shape accuracy
+    drop, CLIP drop and CCE ASR (worst: the highest Ratio / drop / ASR, the fewest loops)."""
+    base = results["base"]["eval"]
+    settings: dict[str, list[dict]] = {}
+    for run, r in results.items():
+        if "/" in run:
+            settings.setdefault(run.split("/")[0], []).append(r)
+    rows = ["| setting | seeds | loops mean (fewest) | Ratio world mean (worst) | Ratio geom. mean (worst) | other-shape acc. drop mean (worst) | "
+            "CLIP drop mean (worst) | CCE ASR world mean (worst) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+
+    def stat(values: list[float], worst=max) -> str:
+        return f"{sum(values) / len(values):.1f} ({worst(values):.1f})"
+
+    for name, runs in settings.items():
+        cce = [r["asr"]["cce"]["world"][-1] for r in runs if "cce" in r["asr"]]
+        rows.append(
+            f"| {name} | {len(runs)} | {stat([len(r['loops']) for r in runs], min)} | {stat([r['eval']['ratio'] for r in runs])} | "
+            f"{stat([r['eval']['second_judge']['ratio'] for r in runs])} | "
+            f"{stat([base['other_shapes_accuracy'] - r['eval']['other_shapes_accuracy'] for r in runs])} | "
+            f"{stat([base['clip_score'] - r['eval']['clip_score'] for r in runs])} | {stat(cce) if cce else '-'} |"
+        )
+    return "\n".join(rows)
+
+
 def plot(points: list[dict], path: Path) -> None:
     """CCE ASR (world judge, best restart, largest budget) against each preservation loss."""
     import matplotlib
@@ -155,6 +180,7 @@ def main() -> None:
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if args.summary:
         table, points = summary(results, COMPARE_METRICS_DIR, EVAL_METRICS)
+        table += "\n\n" + over_seeds(results)
         (args.out / "summary.md").write_text(table + "\n")
         plot(points, args.out / "tradeoff.png")
         print(table)
