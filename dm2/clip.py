@@ -12,6 +12,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from dm2.config import InputError
+from dm2.params import is_local_path
 from dm2.precision import full_precision
 from dm2.weights import load_float32, save_float16
 
@@ -93,11 +95,20 @@ def save_world_clip(model: open_clip.CLIP, path: str | Path) -> None:
 def load_clip(name: str, pretrained: str, device: str = "cpu") -> ClipModel:
     """`name` "world-clip" with `pretrained` a local safetensors path, or any open_clip model
     name with its pretrained tag or checkpoint (e.g. "ViT-L-14", "openai")."""
-    if name == WORLD_CLIP:
-        model = create_world_clip()
-        model.load_state_dict(load_float32(pretrained))
-    else:
-        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+    local = is_local_path(pretrained)
+    if local and not pretrained.endswith(".safetensors"):
+        raise InputError(f"models.clip_pretrained: {pretrained}: weights load as safetensors only (never unpickled); convert it to .safetensors")
+    try:
+        if name == WORLD_CLIP:
+            model = create_world_clip()
+            model.load_state_dict(load_float32(pretrained))
+        else:
+            if local and not Path(pretrained).expanduser().is_file():
+                raise FileNotFoundError(f"models.clip_pretrained: {pretrained} does not exist")
+            model = open_clip.create_model(name, pretrained=pretrained)
+    except RuntimeError as e:  # load_state_dict: missing, unexpected or mis-shaped keys
+        first = str(e).strip().splitlines()[1 if "\n" in str(e).strip() else 0].strip()[:200]
+        raise InputError(f"models.clip_pretrained: {pretrained} does not hold open_clip {name!r} weights ({first}); check models.clip_name") from None
     model = model.to(device).eval().requires_grad_(False)
     return ClipModel(model, open_clip.get_tokenizer(name), torch.device(device))
 

@@ -64,15 +64,18 @@ class EraseState:
         return [i for i, row in enumerate(self.log) if row["circumvented"]]
 
 
-def verification_score(
-    pipe: StableDiffusionPipeline, clip: ClipModel, cond: torch.Tensor, reference: torch.Tensor, f_e: torch.Tensor, v: VerifyParams
-) -> float:
-    """s(c) of the current model: `v.samples` images x_c from `cond`, against the mean
-    feature of `v.references` images x_r from the `reference` states (both from seed `v.seed` on)."""
+def verify_features(pipe: StableDiffusionPipeline, clip: ClipModel, cond: torch.Tensor, n: int, v: VerifyParams) -> torch.Tensor:
+    """CLIP features of `n` images the current model makes from `cond` (seeds `v.seed` on)."""
     with frozen(pipe.unet):
-        x_c = generate(pipe, cond.expand(v.samples, -1, -1), v.seed, v.steps, v.guidance)
-        x_r = generate(pipe, reference.expand(v.references, -1, -1), v.seed, v.steps, v.guidance)
-    return delta_cosine(clip.encode_images(x_c), clip.encode_images(x_r), f_e)
+        return clip.encode_images(generate(pipe, cond.expand(n, -1, -1), v.seed, v.steps, v.guidance))
+
+
+def verification_score(
+    pipe: StableDiffusionPipeline, clip: ClipModel, cond: torch.Tensor, f_r: torch.Tensor, f_e: torch.Tensor, v: VerifyParams
+) -> float:
+    """s(c) of the current model: `v.samples` images x_c from `cond` (seeds `v.seed` on),
+    against `f_r`, the features of the reference images x_r (`verify_features`)."""
+    return delta_cosine(verify_features(pipe, clip, cond, v.samples, v), f_r, f_e)
 
 
 class DarkMiner:
@@ -97,6 +100,7 @@ class DarkMiner:
         self.lora_params = add_lora(pipe.unet, e.lora_rank, tuple(e.lora_targets), seed=e.seed)
         self.anchor = encode_prompts(pipe, [cp.anchor])  # c0's states
         self.reference = encode_prompts(pipe, [settings.verify.reference_prompt])  # x_r's
+        self.f_reference: torch.Tensor | None = None  # x_r's CLIP features under the current LoRA
         # c starts as a prompt's own token embeddings (after BOS), so it first means that prompt
         if m.init == "concept":
             require(bool(concept_prompt), "mine.init", "is 'concept' but no concept prompt was given")
@@ -117,7 +121,10 @@ class DarkMiner:
 
     def score(self, c: torch.Tensor, picked: torch.Tensor) -> float:
         """s(c) against the pool images `picked` (the ones c was mined on)."""
-        return verification_score(self.pipe, self.clip, self.encode(c), self.reference, self.f_pool[picked], self.settings.verify)
+        v = self.settings.verify
+        if self.f_reference is None:  # x_r changes only when the model does (after circumventing)
+            self.f_reference = verify_features(self.pipe, self.clip, self.reference, v.references, v)
+        return verification_score(self.pipe, self.clip, self.encode(c), self.f_reference, self.f_pool[picked], v)
 
     def run(self, state: EraseState, on_loop: Callable[[EraseState], None] | None = None) -> EraseState:
         """Loop until `state.stop` is set, calling `on_loop` after every loop (where the
@@ -172,6 +179,7 @@ class DarkMiner:
                 order = [order[pick_target(len(order), cp.r, g)]]
             targets = [(state.originals[j], circumvent_states(state.embeddings[j], self.anchor, self.encode)) for j in order]
             l_c, l_p = circumvent(unet, scheduler, self.lora_params, targets, cp, g, f"loop {i} circumvent", self.keep)
+            self.f_reference = None
             row.update(replayed=order, l_c=sum(l_c[-10:]) / len(l_c[-10:]), l_p=sum(l_p[-10:]) / len(l_p[-10:]))
             # The same c verified again on the circumvented model (paper Fig. S1, before / after)
             row["s_after"] = self.score(c, picked)

@@ -20,7 +20,7 @@ from dm2.world import DEFAULT_SYNONYMS, IMAGE_SIZE, WorldSpec
 OPTIMIZERS = ("sgd", "adam")
 REPLAYS = ("loop", "epoch")
 MINE_INITS = ("anchor", "concept")
-PRECISIONS = ("fp32", "bf16")  # the `precision` param (dm2/precision.py)
+PRECISIONS = ("fp32", "bf16", "tf32")  # the `precision` param (dm2/precision.py)
 LORA_PROJECTIONS = ("to_q", "to_k", "to_v", "to_out.0")  # of every attention module, self and cross
 LORA_VARIANTS = ("x", "u")  # x: cross-attention projections (ESD-x); u: the rest (ESD-u)
 MODES = ("concat", "additive")
@@ -542,6 +542,9 @@ def _check_models(m: ModelsParams, root: Path) -> None:
         require((folder / "model_index.json").is_file(), "models.diffusion", f"{m.diffusion} is not a diffusers pipeline folder (no model_index.json)")
     if is_local_path(m.clip_pretrained):
         require((root / Path(m.clip_pretrained).expanduser()).is_file(), "models.clip_pretrained", f"{m.clip_pretrained} does not exist")
+        require(
+            m.clip_pretrained.endswith(".safetensors"), "models.clip_pretrained", f"{m.clip_pretrained}: weights load as safetensors only (never unpickled)"
+        )
     for key in ("judge_path", "second_judge_path"):
         value = getattr(m, key)
         if value:

@@ -1,6 +1,6 @@
-"""The `precision` param: float32 everywhere, or bfloat16 autocast for the diffusion model's
+"""The `precision` param: float32 everywhere; bfloat16 autocast for the diffusion model's
 passes (UNet, text encoder, VAE), forward and backward, with float32 weights, adapters and
-optimiser state.
+optimiser state; or, on a GPU, float32 with TF32 matrix products and convolutions (tf32).
 
 A stage runs inside `model_precision` (entered by `python -m stages`). The judges and CLIP
 always measure in float32 (`full_precision`), so a figure changes only through the images
@@ -32,10 +32,15 @@ def current() -> str:
 
 
 def check_supported(precision: str, device: torch.device) -> None:
-    """Refuse bf16 where the device has no bfloat16 arithmetic (it would run emulated, slower)."""
+    """Refuse bf16 where the device has no bfloat16 arithmetic (it would run emulated, slower),
+    and tf32 off an Ampere-or-newer GPU."""
     if precision not in PRECISIONS:
         raise ParamsError(f"precision: {precision!r} is not one of {list(PRECISIONS)}")
     if precision == "fp32":
+        return
+    if precision == "tf32":
+        if device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 8:
+            raise ParamsError(f"precision: tf32 needs a GPU with TF32 (Ampere or newer); this {device.type} has none, use fp32")
         return
     if device.type == "cuda":
         ok, need = torch.cuda.is_bf16_supported(), "a GPU with bfloat16 (Ampere or newer)"
@@ -51,20 +56,32 @@ def model_precision(precision: str, device: torch.device) -> Iterator[None]:
     check_supported(precision, device)
     token = _CURRENT.set(precision)
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"), _tf32(precision == "tf32"):
             yield
     finally:
         _CURRENT.reset(token)
 
 
+@contextmanager
+def _tf32(enabled: bool) -> Iterator[None]:
+    """TF32 (10-bit mantissa) for CUDA float32 matrix products and convolutions, or strict float32."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 def full_precision(fn: F) -> F:
-    """`fn` with autocast off on every device: measurements (judges, CLIP) stay float32."""
+    """`fn` with autocast and TF32 off on every device: measurements (judges, CLIP) stay float32."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         with ExitStack() as stack:
             for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
                 stack.enter_context(torch.autocast(device, enabled=False))
+            stack.enter_context(_tf32(False))
             return fn(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

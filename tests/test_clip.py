@@ -14,6 +14,8 @@ from dm2.clip import (
     save_world_clip,
     zero_shot,
 )
+from dm2.config import InputError
+from dm2.io import save_tensors
 from dm2.params import ClipTrainParams, WorldParams
 from dm2.tokenizer import build_clip_tokenizer
 from dm2.world import BACKGROUNDS, COLOURS, TEXTURES
@@ -133,3 +135,17 @@ def test_training_lowers_the_contrastive_loss():
     assert after < before - 0.5, (before, after)
     assert 0.0 <= metrics["heldout_zero_shot_shape_accuracy"] <= 1.0
     assert metrics["seconds"] > 0
+
+
+def test_load_clip_refuses_pickled_and_mismatched_weights(tmp_path):
+    """Local CLIP weights load from safetensors only, and weights of another model name
+    give one line naming the file and the model, not a state-dict dump."""
+    pickled = tmp_path / "clip.pt"
+    pickled.write_bytes(b"not read")
+    with pytest.raises(InputError, match=r"clip_pretrained: .*clip\.pt: weights load as safetensors only"):
+        load_clip(WORLD_CLIP, str(pickled))
+    other = tmp_path / "other.safetensors"
+    save_tensors({"visual.proj": torch.zeros(3, 3)}, other)
+    with pytest.raises(InputError, match=r"other\.safetensors does not hold open_clip 'world-clip' weights") as err:
+        load_clip(WORLD_CLIP, str(other))
+    assert "\n" not in str(err.value)

@@ -121,6 +121,30 @@ def test_circumventing_lowers_l_c_while_l_p_stays_small():
     assert lp_after < 0.25 * lc_before
 
 
+def test_circumvent_losses_without_the_unused_frozen_pass_agree():
+    """The GPU path skips the original model's prediction for c (never used); the losses
+    and their gradients match the CPU path's, which computes it in the same batch."""
+    unet = tiny_unet()
+    torch.manual_seed(0)
+    params = add_lora(unet, rank=4)
+    with torch.no_grad():
+        for q in params:
+            q.normal_(0, 0.1)  # adapters away from the identity, so l_p and its gradient are not 0
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(2, 4, 8, 8, generator=g)
+    states = circumvent_states(torch.randn(1, 6, TINY_WIDTH, generator=g), torch.randn(1, 6, TINY_WIDTH, generator=g), lambda e: e)
+    out = {}
+    for frozen_on_c in (True, False):
+        l_c, l_p = circumvent_losses(unet, world_scheduler(), x0, states, torch.Generator().manual_seed(5), frozen_on_c=frozen_on_c)
+        grads = torch.autograd.grad(l_c + l_p, params)
+        out[frozen_on_c] = (l_c.detach(), l_p.detach(), torch.cat([gr.flatten() for gr in grads]))
+    (lc1, lp1, g1), (lc0, lp0, g0) = out[True], out[False]
+    assert lp1 > 0
+    torch.testing.assert_close(lc0, lc1, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(lp0, lp1, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(g0, g1, rtol=1e-4, atol=1e-7)
+
+
 def test_pick_target_draws_this_loop_with_probability_r():
     g = torch.Generator().manual_seed(0)
     assert {pick_target(1, 0.0, g) for _ in range(20)} == {0}  # nothing earlier to replay

@@ -10,7 +10,7 @@ import torch
 
 from dm2.config import ParamsError
 from dm2.diffusion import encode_prompts
-from dm2.erasure import DarkMiner, DM2Settings, EraseState, verification_score
+from dm2.erasure import DarkMiner, DM2Settings, EraseState, verification_score, verify_features
 from dm2.params import VerifyParams
 from tests.test_erase import pool, settings  # noqa: F401  (pool: fixture)
 
@@ -79,5 +79,28 @@ def test_verification_measures_against_the_reference_prompt(tiny_pipe, tiny_clip
     f_e = tiny_clip.encode_images(pool[1][:2])
     photo, circle = encode_prompts(tiny_pipe, ["a photo"]), encode_prompts(tiny_pipe, ["a circle photo"])
     # x_c and x_r from the same states and seed are one image: Enc(x_c) - Enc(x_r) = 0
-    assert verification_score(tiny_pipe, tiny_clip, circle, circle, f_e, v) == 0.0
-    assert verification_score(tiny_pipe, tiny_clip, circle, photo, f_e, v) != 0.0
+    f_circle, f_photo = (verify_features(tiny_pipe, tiny_clip, states, v.references, v) for states in (circle, photo))
+    assert verification_score(tiny_pipe, tiny_clip, circle, f_circle, f_e, v) == 0.0
+    assert verification_score(tiny_pipe, tiny_clip, circle, f_photo, f_e, v) != 0.0
+
+
+def test_reference_images_are_made_once_per_model(tiny_pipe, tiny_clip, pool, monkeypatch):
+    """x_r is made again only after circumventing changed the model: 2 loops of 2 candidates
+    make it 3 times (not 6), and the scores equal those from freshly made references."""
+    import dm2.erasure
+
+    made = []
+
+    def counting(pipe, clip, cond, n, v):
+        made.append(n)
+        return verify_features(pipe, clip, cond, n, v)
+
+    s = settings(max_loops=2)
+    s.mine.candidates = 2
+    s.verify.samples, s.verify.references = 1, 3  # tell x_r's calls (n = 3) from x_c's
+    monkeypatch.setattr(dm2.erasure, "verify_features", counting)
+    miner = DarkMiner(tiny_pipe, tiny_clip, pool[0], pool[1], s)
+    state = miner.run(EraseState("test"))
+    assert made.count(3) == 3 and made.count(1) == 2 * 2 + 2
+    # the cached features (made for the last s_after) are those made afresh on the final model
+    assert torch.equal(miner.f_reference, verify_features(tiny_pipe, tiny_clip, miner.reference, 3, s.verify))

@@ -76,8 +76,27 @@ def test_results_made_at_bf16_are_keyed_apart():
 
 
 def test_unknown_or_unsupported_precision_is_refused(monkeypatch):
-    with pytest.raises(ParamsError, match=r"^precision: 'fp16' is not one of \['fp32', 'bf16'\]$"):
+    with pytest.raises(ParamsError, match=r"^precision: 'fp16' is not one of \['fp32', 'bf16', 'tf32'\]$"):
         check_supported("fp16", CPU)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     with pytest.raises(ParamsError, match=r"^precision: bf16 needs a CPU with AVX512-BF16 or AMX; this cpu has none, use fp32$"):
         check_supported("bf16", CPU)
+    with pytest.raises(ParamsError, match=r"^precision: tf32 needs a GPU with TF32 \(Ampere or newer\); this cpu has none, use fp32$"):
+        check_supported("tf32", CPU)
+
+
+def test_tf32_is_switched_on_inside_only_and_never_for_measurements(monkeypatch):
+    """tf32 sets CUDA's TF32 flags for the model passes, off again for judges and CLIP
+    (`full_precision`) and after the stage. The flags are plain switches, so this runs on CPU."""
+    monkeypatch.setattr(precision, "check_supported", lambda p, d: None)  # no GPU here
+    flags = lambda: (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)  # noqa: E731
+    before = flags()
+    seen = {}
+    with model_precision("tf32", CPU):
+        seen["inside"] = flags()
+        precision.full_precision(lambda: seen.update(measuring=flags()))()
+        seen["after_measuring"] = flags()
+        inside_key = fingerprint({"a": 1}, data=torch.ones(3))
+    assert inside_key != fingerprint({"a": 1}, data=torch.ones(3))  # results made with TF32 are keyed apart
+    assert seen == {"inside": (True, True), "measuring": (False, False), "after_measuring": (True, True)}
+    assert flags() == before
