@@ -6,6 +6,7 @@ applied to its params.yaml.
 
     python benchmarks/sd_pipeline.py                        # test bed in artifacts/sd_testbed
     python benchmarks/sd_pipeline.py --testbed DIR --work DIR --latent-size 32
+    python benchmarks/sd_pipeline.py --until erase          # pool and erase only
 
 The test bed (about 3 GB) is written first if DIR has none. On 2 cores, about 15 minutes.
 """
@@ -99,16 +100,21 @@ def main() -> None:
     parser.add_argument("--testbed", type=Path, default=ROOT / "artifacts/sd_testbed")
     parser.add_argument("--work", type=Path, default=None, help="scratch copy of the repository (default: a temporary folder)")
     parser.add_argument("--latent-size", type=int, default=32)
+    parser.add_argument("--until", default="report", help="the last stage to run, e.g. erase (default: report, all)")
     args = parser.parse_args()
+    names = [" ".join(stage) for stage in STAGES]
+    if args.until not in names:
+        raise SystemExit(f"--until: {args.until!r} is not one of {names}")
     work = args.work or Path(tempfile.mkdtemp(prefix="dm2_sd_"))
     print(f"test bed {args.testbed.resolve()}, scratch copy {work}")
     print(f"{'stage':16s} {'status':>6s} {'wall s':>8s} {'peak GiB':>9s}")
     prepare(args.testbed.resolve(), work, args.latent_size)
     show = lambda r: print(f"{r.stage:16s} {r.returncode:6d} {r.seconds:8.1f} {r.peak_gib:9.2f}", flush=True)  # noqa: E731
-    runs = run_pipeline(work, on_stage=show)
+    runs = run_pipeline(work, STAGES[: names.index(args.until) + 1], on_stage=show)
     if runs[-1].returncode:
         raise SystemExit(f"{runs[-1].stage} failed:\n{runs[-1].tail}")
     print(f"{'total':16s} {'':6s} {sum(r.seconds for r in runs):8.1f} {max(r.peak_gib for r in runs):9.2f}")
+
 
 if __name__ == "__main__":
     main()

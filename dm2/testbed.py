@@ -22,13 +22,14 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from dm2.tokenizer import MAX_LENGTH, build_clip_tokenizer
 from dm2.weights import save_float16
+from dm2.world_models import SD_SCHEDULE
 
 CLIP_NAME = "ViT-L-14"
 CLIP_FILE = "open_clip_vit_l14.safetensors"
 SD_LATENT_SIZE = 64  # SD v1.4: 512 x 512 images
 
-# CompVis/stable-diffusion-v1-4's component configs (its unet / text_encoder / vae /
-# scheduler config.json), the keys that set the architecture and the noise schedule.
+# CompVis/stable-diffusion-v1-4's component configs (its unet / text_encoder / vae
+# config.json), the keys that set the architecture; its noise schedule is SD_SCHEDULE.
 SD14_UNET = dict(
     sample_size=SD_LATENT_SIZE,
     in_channels=4,
@@ -76,15 +77,6 @@ SD14_VAE = dict(
     sample_size=512,
     scaling_factor=0.18215,
 )
-SD14_SCHEDULER = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    set_alpha_to_one=False,
-    skip_prk_steps=True,
-    steps_offset=1,
-)
 
 
 def sd14_components(latent_size: int = SD_LATENT_SIZE, seed: int = 0) -> dict[str, torch.nn.Module]:
@@ -107,7 +99,7 @@ def write_testbed(out: str | Path, latent_size: int = 32, seed: int = 0) -> Path
     pipe = StableDiffusionPipeline(
         **parts,
         tokenizer=build_clip_tokenizer(),
-        scheduler=PNDMScheduler(**SD14_SCHEDULER),
+        scheduler=PNDMScheduler(**SD_SCHEDULE, skip_prk_steps=True),  # SD v1.4 ships PNDM; stages use DDIM
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -16,17 +16,19 @@ from dm2.tokenizer import MAX_LENGTH, build_clip_tokenizer
 TEXT_WIDTH = 64
 
 
+# Stable Diffusion v1's noise schedule (its scheduler config), so the world behaves like the real model.
+SD_SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    set_alpha_to_one=False,
+    steps_offset=1,
+)
+
+
 def world_scheduler() -> DDIMScheduler:
-    # Stable Diffusion v1's noise schedule, so the world behaves like the real model.
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    return DDIMScheduler(**SD_SCHEDULE, clip_sample=False)
 
 
 def world_vae() -> AutoencoderKL:
