@@ -38,8 +38,9 @@ from dm2.config import load_params, parse_section  # noqa: E402
 from dm2.diffusion import load_pipeline  # noqa: E402
 from dm2.erasure import DarkMiner, DM2Settings, EraseState  # noqa: E402
 from dm2.evaluation import load_eval_set, measure  # noqa: E402
-from dm2.io import load_tensors, write_json  # noqa: E402
-from dm2.judge import load_judges  # noqa: E402
+from dm2.grid import image_grid  # noqa: E402
+from dm2.io import load_tensors, save_tensors, write_json  # noqa: E402
+from dm2.judge import Judge, judge_concept, load_judges  # noqa: E402
 from dm2.lora import save_lora  # noqa: E402
 from dm2.params import CircumventParams, EraseParams, EvaluateParams, MineParams, VerifyParams, WorldParams  # noqa: E402
 from dm2.paths import COMPARE_METRICS_DIR, EVAL_METRICS, POOL_FILE, PROMPTS_DIR  # noqa: E402
@@ -83,10 +84,28 @@ def measure_model(pipe, params: dict, eval_p: EvaluateParams, attacks: list[str]
     row = {"eval": metrics, "eval_seconds": round(time.time() - start, 1), "asr": {}, "attack_seconds": {}}
     for name in attacks:
         start = time.time()
-        curves, _ = sweep_attack(name, pipe, judges, concept.name, inputs, p, folder / "attacks")
+        curves, images = sweep_attack(name, pipe, judges, concept.name, inputs, p, folder / "attacks")
         row["asr"][name] = {j: curves[j]["best"] for j in judges} | {"budgets": curves["budgets"]}
+        row.setdefault("agreement", {})[name] = keep_images(images, judges, concept.name, folder / "attacks" / name)
         row["attack_seconds"][name] = round(time.time() - start, 1)
     return row
+
+
+def keep_images(images: torch.Tensor, judges: dict[str, Judge], concept: str, folder: Path) -> dict[str, int]:
+    """Restart 0's last attack images, kept (`images.safetensors`) and drawn grouped by the
+    two judges' verdicts (`agreement.png`: a row each for both, only the first, only the
+    second, neither), so that where the judges disagree can be looked at. Returns the
+    count in each group."""
+    (first, j1), (second, j2) = judges.items()
+    a, b = judge_concept(j1, images, concept)[1], judge_concept(j2, images, concept)[1]
+    groups = {"both": a & b, f"{first} only": a & ~b, f"{second} only": ~a & b, "neither": ~a & ~b}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_tensors({"images": images.contiguous(), f"is_concept_{first}": a, f"is_concept_{second}": b}, folder / "images.safetensors")
+    shown = {name: images[mask] for name, mask in groups.items() if mask.any()}
+    width = max(len(v) for v in shown.values())
+    rows = [torch.cat([v, torch.ones(width - len(v), *v.shape[1:])]) for v in shown.values()]  # white fills short rows
+    image_grid(rows, [f"{name} ({len(v)})" for name, v in shown.items()]).save(folder / "agreement.png")
+    return {name: int(mask.sum()) for name, mask in groups.items()}
 
 
 def summary(results: dict, compare_dir: Path, eval_metrics: Path) -> tuple[str, list[dict]]:
