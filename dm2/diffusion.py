@@ -46,7 +46,7 @@ def load_pipeline(model: str, device: str | torch.device = "cpu", dtype: torch.d
         model = str(folder)  # an absolute path is never taken for a hub id
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
-            model, torch_dtype=dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False
+            model, dtype=dtype, use_safetensors=True, safety_checker=None, requires_safety_checker=False
         )
     except (OSError, EnvironmentError) as e:  # diffusers' word for missing or pickle-only weights
         raise InputError(f"models.diffusion: {model}: {' '.join(str(e).split())[:300]} (weights load as safetensors only)") from None
