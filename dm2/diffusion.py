@@ -84,18 +84,22 @@ def prompt_token_embeddings(pipe: StableDiffusionPipeline, prompt: str) -> torch
     return pipe.text_encoder.get_input_embeddings()(ids.to(pipe.text_encoder.device)).detach()
 
 
-def free_embedding_states(pipe: StableDiffusionPipeline, c: torch.Tensor) -> torch.Tensor:
+def free_embedding_states(pipe: StableDiffusionPipeline, c: torch.Tensor, template: str = "{c}") -> torch.Tensor:
     """Text-encoder states (N x 77 x width) of free token embeddings `c` (N x L x width):
     the sequence BOS, c_1..c_L, then EOS / padding as for any prompt, so a mined embedding
-    is conditioned on exactly like a prompt of L words."""
+    is conditioned on exactly like a prompt of L words. `template` ("... {c} ...") puts the
+    words around it in their places, e.g. BOS, a, photo, of, a, c_1..c_L, EOS."""
     n, length, _ = c.shape
-    max_len = pipe.tokenizer.model_max_length
-    if length > max_len - 2:
-        raise ValueError(f"mine.tokens: {length} free tokens do not fit {max_len - 2} text positions")
+    tokenizer, max_len = pipe.tokenizer, pipe.tokenizer.model_max_length
+    before, after = (tokenizer(part.strip(), add_special_tokens=False).input_ids if part.strip() else [] for part in template.split("{c}"))
+    if len(before) + length + len(after) > max_len - 2:
+        raise ValueError(
+            f"mine.tokens: {length} free tokens and the {len(before) + len(after)} of mine.template do not fit {max_len - 2} text positions"
+        )
     table = pipe.text_encoder.get_input_embeddings()
-    ids = torch.tensor([pipe.tokenizer.bos_token_id] + [pipe.tokenizer.eos_token_id] * (max_len - 1 - length), device=c.device)
-    special = table(ids).to(c.dtype)
-    seq = torch.cat([special[None, :1].expand(n, -1, -1), c, special[None, 1:].expand(n, -1, -1)], dim=1)
+    head = torch.tensor([tokenizer.bos_token_id, *before], device=c.device)
+    tail = torch.tensor([*after] + [tokenizer.eos_token_id] * (max_len - 1 - len(before) - length - len(after)), device=c.device)
+    seq = torch.cat([table(head).to(c.dtype)[None].expand(n, -1, -1), c, table(tail).to(c.dtype)[None].expand(n, -1, -1)], dim=1)
     return encode_token_embeddings(pipe.text_encoder, seq)
 
 

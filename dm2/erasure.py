@@ -117,7 +117,7 @@ class DarkMiner:
 
     def encode(self, c: torch.Tensor) -> torch.Tensor:
         """The UNet states of free embeddings c (`dm2.dark_miner.Encoder`)."""
-        return free_embedding_states(self.pipe, c)
+        return free_embedding_states(self.pipe, c, self.settings.mine.template)
 
     def score(self, c: torch.Tensor, picked: torch.Tensor) -> float:
         """s(c) against the pool images `picked` (the ones c was mined on)."""

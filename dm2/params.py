@@ -281,10 +281,16 @@ class MineParams(StepSchedule):
     # Embeddings mined per loop, each from its own k pool images; the loop verifies them all
     # and goes on with the highest s(c). The paper: 1.
     candidates: int = 1
+    # Where the L mined tokens sit in the text: "{c}" (the paper) conditions on BOS, c, EOS;
+    # "a photo of a {c}" puts them after those words, as a textual-inversion attack (CCE)
+    # places its tokens in prompts.
+    template: str = "{c}"
 
     def validate(self, name: str) -> None:
         super().validate(name)
         require(self.candidates > 0, f"{name}.candidates", f"must be positive, got {self.candidates}")
+        fields = template_fields(self.template)
+        require(fields == {"c"} and self.template.count("{c}") == 1, f"{name}.template", f"must use '{{c}}' once and nothing else, got {self.template!r}")
         require(self.init in MINE_INITS, f"{name}.init", f"{self.init!r} is not one of {list(MINE_INITS)}")
         require(self.tokens > 0, f"{name}.tokens", f"must be positive, got {self.tokens}")
         require(self.k > 0, f"{name}.k", f"must be positive, got {self.k}")
@@ -566,7 +572,7 @@ def _check_concept(concept: ConceptParams, world: WorldParams, root: Path) -> No
 
 def _check_text_positions(s: dict[str, Any]) -> None:
     counts = {
-        "mine.tokens": s["mine"].tokens,
+        "mine.tokens": s["mine"].tokens + len(s["mine"].template.replace("{c}", " ").split()),  # at least a token per word
         "attacks.p4d.tokens": s["attacks"].p4d.tokens,
         "attacks.unlearndiff.prefix_tokens": s["attacks"].unlearndiff.prefix_tokens,
         "attacks.ring_a_bell.tokens": s["attacks"].ring_a_bell.tokens,

@@ -208,6 +208,19 @@ def test_free_embeddings_of_a_prompt_give_its_states(tiny_pipe):
         free_embedding_states(tiny_pipe, torch.zeros(1, 76, TINY_WIDTH))
 
 
+def test_a_template_places_the_free_embeddings_among_its_words(tiny_pipe):
+    """c from "circle" inside "a photo of a {c} here" conditions exactly like the prompt
+    "a photo of a circle here"; "{c}" alone is the paper's BOS, c, EOS."""
+    word = prompt_token_embeddings(tiny_pipe, "circle")[:, 1:2]
+    with torch.no_grad():
+        placed = free_embedding_states(tiny_pipe, word, "a photo of a {c} here")
+        assert torch.allclose(placed, encode_prompts(tiny_pipe, ["a photo of a circle here"]), atol=1e-5)
+        assert torch.equal(free_embedding_states(tiny_pipe, word, "{c}"), free_embedding_states(tiny_pipe, word))
+        assert not torch.allclose(placed, free_embedding_states(tiny_pipe, word), atol=1e-3)
+    with pytest.raises(ValueError, match="mine.template"):
+        free_embedding_states(tiny_pipe, torch.zeros(1, 72, TINY_WIDTH), "a photo of a {c}")
+
+
 def test_frozen_restores_gradient_flags():
     unet = tiny_unet()
     params = add_lora(unet, rank=2)

@@ -104,3 +104,19 @@ def test_reference_images_are_made_once_per_model(tiny_pipe, tiny_clip, pool, mo
     assert made.count(3) == 3 and made.count(1) == 2 * 2 + 2
     # the cached features (made for the last s_after) are those made afresh on the final model
     assert torch.equal(miner.f_reference, verify_features(tiny_pipe, tiny_clip, miner.reference, 3, s.verify))
+
+
+def test_mine_template_is_where_the_loop_conditions_its_embeddings(tiny_pipe, tiny_clip, pool):
+    """`mine.template`: the miner's states of c (mining, verification, circumventing) are c
+    placed in the template's words, the same c giving other states than the paper's "{c}"."""
+    s = settings(max_loops=1)
+    s.mine.template = "a photo of a {c}"
+    miner = DarkMiner(tiny_pipe, tiny_clip, pool[0], pool[1], s)
+    with torch.no_grad():
+        placed = miner.encode(miner.init)
+        s.mine.template = "{c}"
+        bare = miner.encode(miner.init)
+    assert not torch.allclose(placed, bare, atol=1e-3)
+    s.mine.template = "a photo of a {c}"
+    state = miner.run(EraseState("test"))
+    assert len(state.log) == 1 and state.embeddings[0].shape == miner.init.shape
