@@ -2,6 +2,7 @@
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from PIL import Image
@@ -44,3 +45,31 @@ def test_keep_images_groups_attack_images_by_the_two_judges(tmp_path):
     # One row per group, each as wide as the largest group (3 images of 8 px, scale 4).
     grid = Image.open(tmp_path / "agreement.png")
     assert grid.height == 4 * (4 * 8) + 3 * 4
+
+
+def test_tradeoff_attack_inputs_prefer_attack_base_and_search_only_for_ring_a_bell(monkeypatch):
+    """attack_base's inputs when their fingerprint matches; else made here, with
+    Ring-A-Bell's (long) search only when that attack is asked for."""
+    from dm2.config import ParamsError, load_params
+
+    tradeoff = _tool("dm2_tradeoff")
+    calls = []
+    monkeypatch.setattr(tradeoff, "read_prompts", lambda path: ["a circle"])
+    monkeypatch.setattr(tradeoff, "searchable", lambda *args: None)
+    monkeypatch.setattr(tradeoff, "prepare_attacks", lambda *args: calls.append("search") or "searched")
+    monkeypatch.setattr(tradeoff, "base_inputs", lambda *args: calls.append("base") or "base side")
+    embeddings = SimpleNamespace(num_embeddings=10)
+    pipe = SimpleNamespace(tokenizer=None, text_encoder=SimpleNamespace(get_input_embeddings=lambda: embeddings))
+    params = load_params(ROOT / "params.yaml")
+
+    monkeypatch.setattr(tradeoff, "load_inputs", lambda path, key: "attack_base's")
+    assert tradeoff.attack_inputs(pipe, None, params, ["ring_a_bell"]) == "attack_base's"
+    assert calls == []
+
+    def refused(path, key):
+        raise ParamsError(f"{path}: made with other settings")
+
+    monkeypatch.setattr(tradeoff, "load_inputs", refused)
+    assert tradeoff.attack_inputs(pipe, None, params, ["cce", "ring_a_bell"]) == "searched"
+    assert tradeoff.attack_inputs(pipe, None, params, ["cce", "p4d"]) == "base side"
+    assert calls == ["search", "base"]

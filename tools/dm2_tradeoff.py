@@ -9,7 +9,11 @@ what it measured; a setting already there is not run again.
         --setting defaults --seeds 0 1 2 --attacks cce
 
 `--all KEY=VALUE ...` changes params for every run, the base included (e.g. cut budgets
-for a smoke run).
+for a smoke run). `--from EARLIER_OUT` measures a run again from the LoRA an earlier sweep
+saved (its loops and erase time are copied), e.g. with more attacks or restarts. The
+attacks start from stage `attack_base`'s inputs (Ring-A-Bell's search included) when
+they were made with the same `attacks` params; otherwise the base-side inputs are made
+here (Ring-A-Bell's search only when that attack is asked for).
 
 A setting is a name followed by dotted params overrides (YAML values). The evaluation is
 `evaluate`'s protocol with fewer images (`--images-per-prompt`, `--heldout`), so its
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import sys
 import time
 from dataclasses import replace
@@ -31,19 +36,19 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dm2.attacks.sweep import attack_settings, base_inputs, search_texts_for, sweep_attack  # noqa: E402
+from dm2.attacks.sweep import INPUTS_FILE, attack_settings, base_inputs, load_inputs, prepare_attacks, search_texts_for, sweep_attack  # noqa: E402
 from dm2.attacks.common import searchable  # noqa: E402
 from dm2.clip import load_clip  # noqa: E402
-from dm2.config import load_params, parse_section  # noqa: E402
+from dm2.config import ParamsError, load_params, parse_section  # noqa: E402
 from dm2.diffusion import load_pipeline  # noqa: E402
 from dm2.erasure import DarkMiner, DM2Settings, EraseState  # noqa: E402
 from dm2.evaluation import load_eval_set, measure  # noqa: E402
 from dm2.grid import image_grid  # noqa: E402
 from dm2.io import load_tensors, save_tensors, write_json  # noqa: E402
 from dm2.judge import Judge, judge_concept, load_judges  # noqa: E402
-from dm2.lora import save_lora  # noqa: E402
+from dm2.lora import LORA_FILE, load_lora_into, save_lora  # noqa: E402
 from dm2.params import CircumventParams, EraseParams, EvaluateParams, MineParams, VerifyParams, WorldParams  # noqa: E402
-from dm2.paths import COMPARE_METRICS_DIR, EVAL_METRICS, POOL_FILE, PROMPTS_DIR  # noqa: E402
+from dm2.paths import ATTACK_BASE_DIR, COMPARE_METRICS_DIR, EVAL_METRICS, POOL_FILE, PROMPTS_DIR  # noqa: E402
 from dm2.prompts import read_prompts  # noqa: E402
 
 
@@ -69,6 +74,21 @@ def dm2_settings(params: dict) -> DM2Settings:
         parse_section(VerifyParams, params["verify"], "verify"),
         parse_section(CircumventParams, params["circumvent"], "circumvent"),
     )
+
+
+def attack_inputs(pipe, judge: Judge, params: dict, attacks: list[str]):
+    """The base-side attack inputs: `attack_base`'s when made with these `attacks` params,
+    else made here (Ring-A-Bell's search, the long part, only if that attack is asked)."""
+    _, concept, p, key = attack_settings(params)
+    try:
+        return load_inputs(ATTACK_BASE_DIR / INPUTS_FILE, key)
+    except (FileNotFoundError, ParamsError) as err:
+        print(f"not using attack_base's inputs: {err}", flush=True)
+    prompts = read_prompts(PROMPTS_DIR / f"{concept.name}.csv")
+    if "ring_a_bell" in attacks:
+        return prepare_attacks(pipe, judge, concept.name, prompts, p, search_texts_for(p, PROMPTS_DIR))
+    allowed = searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings, search_texts_for(p, PROMPTS_DIR))
+    return base_inputs(pipe, judge, concept.name, prompts, p, allowed)
 
 
 def measure_model(pipe, params: dict, eval_p: EvaluateParams, attacks: list[str], inputs, folder: Path) -> dict:
@@ -192,6 +212,7 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=200)
     parser.add_argument("--all", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run, the base included")
     parser.add_argument("--base-attacks", action="store_true", help="attack the base model too (stage attack_base has its figures)")
+    parser.add_argument("--from", dest="earlier", type=Path, help="an earlier OUT: measure its runs again from their saved LoRAs")
     parser.add_argument("--summary", action="store_true", help="only write OUT/summary.md and OUT/tradeoff.png from the results so far")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -207,17 +228,17 @@ def main() -> None:
 
     params = with_overrides(load_params(), args.all)
     threads = torch.get_num_threads()  # erase pins its own; the rest runs at the default
-    models, concept, p, _ = attack_settings(params)
+    models, concept, _, _ = attack_settings(params)
     eval_p = replace(
         parse_section(EvaluateParams, params["evaluate"], "evaluate"), images_per_prompt=args.images_per_prompt, n_heldout=args.heldout
     )
     pipe = load_pipeline(models.diffusion)
     judge = next(iter(load_judges(models).values()))
-    allowed = searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings, search_texts_for(p, PROMPTS_DIR))
-    inputs = base_inputs(pipe, judge, concept.name, read_prompts(PROMPTS_DIR / f"{concept.name}.csv"), p, allowed)
+    inputs = attack_inputs(pipe, judge, params, args.attacks)
     if "base" not in results:
         results["base"] = measure_model(pipe, params, eval_p, args.attacks if args.base_attacks else [], inputs, args.out / "base")
         write_json(results, results_path)
+    earlier = json.loads((args.earlier / "results.json").read_text()) if args.earlier else {}
     pool = load_tensors(POOL_FILE)
     for name, *overrides in args.setting:
         for seed in args.seeds:
@@ -227,18 +248,27 @@ def main() -> None:
             run_params = with_overrides(params, [*overrides, f"erase.seed={seed}"])
             settings = dm2_settings(run_params)
             pipe = load_pipeline(models.diffusion)
-            torch.set_num_threads(settings.erase.cpu_threads)
-            start = time.time()
-            miner = DarkMiner(pipe, load_clip(models.clip_name, models.clip_pretrained), pool["latents"], pool["images"], settings, concept.prompt)
-            state = miner.run(EraseState(run))
-            erase_seconds = round(time.time() - start, 1)
-            torch.set_num_threads(threads)
             folder = args.out / name / f"seed{seed}"
             folder.mkdir(parents=True, exist_ok=True)
-            save_lora(pipe.unet, folder)
+            if args.earlier:
+                if run not in earlier:
+                    raise SystemExit(f"{args.earlier / 'results.json'}: no run {run!r} to measure again")
+                if earlier[run]["overrides"] != overrides:
+                    raise SystemExit(f"{run}: overrides {overrides} differ from {args.earlier}'s {earlier[run]['overrides']}")
+                load_lora_into(pipe, args.earlier / name / f"seed{seed}")
+                shutil.copy(args.earlier / name / f"seed{seed}" / LORA_FILE, folder)
+                erased = {k: earlier[run][k] for k in ("loops", "stop", "erase_seconds")}
+            else:
+                torch.set_num_threads(settings.erase.cpu_threads)
+                start = time.time()
+                miner = DarkMiner(pipe, load_clip(models.clip_name, models.clip_pretrained), pool["latents"], pool["images"], settings, concept.prompt)
+                state = miner.run(EraseState(run))
+                erased = {"loops": [{k: r[k] for k in ("s", "s_after", "circumvented")} for r in state.log], "stop": state.stop,
+                          "erase_seconds": round(time.time() - start, 1)}  # fmt: skip
+                torch.set_num_threads(threads)
+                save_lora(pipe.unet, folder)
             row = measure_model(pipe, run_params, eval_p, args.attacks, inputs, folder)
-            row.update(overrides=overrides, loops=[{k: r[k] for k in ("s", "s_after", "circumvented")} for r in state.log],
-                       stop=state.stop, erase_seconds=erase_seconds)  # fmt: skip
+            row.update(overrides=overrides, **erased)
             results[run] = row
             write_json(results, results_path)
             print(run, json.dumps({k: row[k] for k in ("asr", "erase_seconds")}), flush=True)
