@@ -73,3 +73,22 @@ def test_tradeoff_attack_inputs_prefer_attack_base_and_search_only_for_ring_a_be
     assert tradeoff.attack_inputs(pipe, None, params, ["cce", "ring_a_bell"]) == "searched"
     assert tradeoff.attack_inputs(pipe, None, params, ["cce", "p4d"]) == "base side"
     assert calls == ["search", "base"]
+
+
+def test_tradeoff_over_seeds_gives_mean_and_worst_seed_per_setting_and_attack():
+    tradeoff = _tool("dm2_tradeoff")
+
+    def run(ratio, acc, asr_world, asr_geom, loops=2):
+        return {
+            "eval": {"ratio": ratio, "other_shapes_accuracy": acc, "clip_score": 70.0, "fd": 4.0,
+                     "second_judge": {"ratio": ratio / 2, "other_shapes_accuracy": acc}},
+            "asr": {"cce": {"world": [50.0, asr_world], "geometric": [10.0, asr_geom], "budgets": [1, 2]}},
+            "loops": [{}] * loops,
+        }  # fmt: skip
+
+    results = {"base": run(100.0, 98.0, 0, 0), "a/seed0": run(10.0, 97.0, 80.0, 40.0, 3), "a/seed1": run(30.0, 94.0, 100.0, 20.0, 1)}
+    table = tradeoff.over_seeds(results)
+    # loops (fewest), Ratio by each judge, accuracy drop by each, CLIP drop, FD rise: mean (worst seed)
+    assert "| a | 2 | 2.0 (1.0) | 20.0 (30.0) | 10.0 (15.0) | 2.5 (4.0) | 2.5 (4.0) | 0.0 (0.0) | 0.0 (0.0) |" in table
+    # the largest budget's ASR, mean (worst seed) per judge, then each seed's
+    assert "| a | cce | 2 | 90.0 (100.0) | 30.0 (40.0) | 80.0 / 40.0, 100.0 / 20.0 |" in table

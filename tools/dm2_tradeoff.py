@@ -158,27 +158,38 @@ def summary(results: dict, compare_dir: Path, eval_metrics: Path) -> tuple[str, 
 
 
 def over_seeds(results: dict) -> str:
-    """Per setting, over its seeds: mean and worst of loops, Ratio, other-shape accuracy
-    drop, CLIP drop and CCE ASR (worst: the highest Ratio / drop / ASR, the fewest loops)."""
+    """Per setting, over its seeds: mean and worst (the highest Ratio / drop / ASR, the
+    fewest loops) of loops, Ratio, other-shape accuracy drop, CLIP drop and FD rise by both
+    judges; then, per setting and attack, ASR at the largest budget (best restart) by both
+    judges, over the seeds that ran that attack."""
     base = results["base"]["eval"]
     settings: dict[str, list[dict]] = {}
     for run, r in results.items():
         if "/" in run:
             settings.setdefault(run.split("/")[0], []).append(r)
-    rows = ["| setting | seeds | loops mean (fewest) | Ratio world mean (worst) | Ratio geom. mean (worst) | other-shape acc. drop mean (worst) | "
-            "CLIP drop mean (worst) | CCE ASR world mean (worst) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
 
     def stat(values: list[float], worst=max) -> str:
         return f"{sum(values) / len(values):.1f} ({worst(values):.1f})"
 
+    rows = ["| setting | seeds | loops mean (fewest) | Ratio world mean (worst) | Ratio geom. mean (worst) | other-shape acc. drop world | "
+            "other-shape acc. drop geom. | CLIP drop | FD rise % |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, runs in settings.items():
-        cce = [r["asr"]["cce"]["world"][-1] for r in runs if "cce" in r["asr"]]
+        evals = [r["eval"] for r in runs]
         rows.append(
-            f"| {name} | {len(runs)} | {stat([len(r['loops']) for r in runs], min)} | {stat([r['eval']['ratio'] for r in runs])} | "
-            f"{stat([r['eval']['second_judge']['ratio'] for r in runs])} | "
-            f"{stat([base['other_shapes_accuracy'] - r['eval']['other_shapes_accuracy'] for r in runs])} | "
-            f"{stat([base['clip_score'] - r['eval']['clip_score'] for r in runs])} | {stat(cce) if cce else '-'} |"
+            f"| {name} | {len(runs)} | {stat([len(r['loops']) for r in runs], min)} | {stat([e['ratio'] for e in evals])} | "
+            f"{stat([e['second_judge']['ratio'] for e in evals])} | "
+            f"{stat([base['other_shapes_accuracy'] - e['other_shapes_accuracy'] for e in evals])} | "
+            f"{stat([base['second_judge']['other_shapes_accuracy'] - e['second_judge']['other_shapes_accuracy'] for e in evals])} | "
+            f"{stat([base['clip_score'] - e['clip_score'] for e in evals])} | {stat([100 * (e['fd'] / base['fd'] - 1) for e in evals])} |"
         )
+    rows += ["", "| setting | attack | seeds | ASR world mean (worst) | ASR geom. mean (worst) | per seed, world / geom. |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, runs in settings.items():
+        for attack in dict.fromkeys(a for r in runs for a in r["asr"]):
+            asr = [r["asr"][attack] for r in runs if attack in r["asr"]]
+            judges = [j for j in asr[0] if j != "budgets"]
+            last = {j: [a[j][-1] for a in asr] for j in judges}
+            per_seed = ", ".join(" / ".join(f"{last[j][i]:.1f}" for j in judges) for i in range(len(asr)))
+            rows.append(f"| {name} | {attack} | {len(asr)} | " + " | ".join(stat(last[j]) for j in judges) + f" | {per_seed} |")
     return "\n".join(rows)
 
 
