@@ -81,8 +81,8 @@ def test_tradeoff_over_seeds_gives_mean_and_worst_seed_per_setting_and_attack():
     def run(ratio, acc, asr_world, asr_geom, loops=2):
         return {
             "eval": {"ratio": ratio, "other_shapes_accuracy": acc, "clip_score": 70.0, "fd": 4.0,
-                     "second_judge": {"ratio": ratio / 2, "other_shapes_accuracy": acc}},
-            "asr": {"cce": {"world": [50.0, asr_world], "geometric": [10.0, asr_geom], "budgets": [1, 2]}},
+                     "second_judge": {"judge": "geometric", "ratio": ratio / 2, "other_shapes_accuracy": acc}},
+            "asr": {"cce": {"budgets": [1, 2], "geometric": [10.0, asr_geom], "world": [50.0, asr_world]}},  # as read back: keys sorted
             "loops": [{}] * loops,
         }  # fmt: skip
 

@@ -186,7 +186,8 @@ def over_seeds(results: dict) -> str:
     for name, runs in settings.items():
         for attack in dict.fromkeys(a for r in runs for a in r["asr"]):
             asr = [r["asr"][attack] for r in runs if attack in r["asr"]]
-            judges = [j for j in asr[0] if j != "budgets"]
+            second = runs[0]["eval"]["second_judge"]["judge"]  # results.json sorts keys: put the primary judge first
+            judges = [j for j in asr[0] if j not in ("budgets", second)] + [second]
             last = {j: [a[j][-1] for a in asr] for j in judges}
             per_seed = ", ".join(" / ".join(f"{last[j][i]:.1f}" for j in judges) for i in range(len(asr)))
             rows.append(f"| {name} | {attack} | {len(asr)} | " + " | ".join(stat(last[j]) for j in judges) + f" | {per_seed} |")
