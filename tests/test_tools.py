@@ -91,4 +91,4 @@ def test_tradeoff_over_seeds_gives_mean_and_worst_seed_per_setting_and_attack():
     # loops (fewest), Ratio by each judge, accuracy drop by each, CLIP drop, FD rise: mean (worst seed)
     assert "| a | 2 | 2.0 (1.0) | 20.0 (30.0) | 10.0 (15.0) | 2.5 (4.0) | 2.5 (4.0) | 0.0 (0.0) | 0.0 (0.0) |" in table
     # the largest budget's ASR, mean (worst seed) per judge, then each seed's
-    assert "| a | cce | 2 | 90.0 (100.0) | 30.0 (40.0) | 80.0 / 40.0, 100.0 / 20.0 |" in table
+    assert "| a | cce | 2 | 90.0 (100.0) | 30.0 (40.0) | seed0 80.0 / 40.0, seed1 100.0 / 20.0 |" in table

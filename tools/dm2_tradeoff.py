@@ -164,9 +164,9 @@ def over_seeds(results: dict) -> str:
     judges, over the seeds that ran that attack."""
     base = results["base"]["eval"]
     settings: dict[str, list[dict]] = {}
-    for run, r in results.items():
+    for run, r in sorted(results.items()):
         if "/" in run:
-            settings.setdefault(run.split("/")[0], []).append(r)
+            settings.setdefault(run.split("/")[0], []).append(r | {"seed": run.split("/")[1]})
 
     def stat(values: list[float], worst=max) -> str:
         return f"{sum(values) / len(values):.1f} ({worst(values):.1f})"
@@ -185,12 +185,12 @@ def over_seeds(results: dict) -> str:
     rows += ["", "| setting | attack | seeds | ASR world mean (worst) | ASR geom. mean (worst) | per seed, world / geom. |", "| --- | --- | --- | --- | --- | --- |"]
     for name, runs in settings.items():
         for attack in dict.fromkeys(a for r in runs for a in r["asr"]):
-            asr = [r["asr"][attack] for r in runs if attack in r["asr"]]
+            ran = [r for r in runs if attack in r["asr"]]
             second = runs[0]["eval"]["second_judge"]["judge"]  # results.json sorts keys: put the primary judge first
-            judges = [j for j in asr[0] if j not in ("budgets", second)] + [second]
-            last = {j: [a[j][-1] for a in asr] for j in judges}
-            per_seed = ", ".join(" / ".join(f"{last[j][i]:.1f}" for j in judges) for i in range(len(asr)))
-            rows.append(f"| {name} | {attack} | {len(asr)} | " + " | ".join(stat(last[j]) for j in judges) + f" | {per_seed} |")
+            judges = [j for j in ran[0]["asr"][attack] if j not in ("budgets", second)] + [second]
+            last = {j: [r["asr"][attack][j][-1] for r in ran] for j in judges}
+            per_seed = ", ".join(f"{r['seed']} " + " / ".join(f"{last[j][i]:.1f}" for j in judges) for i, r in enumerate(ran))
+            rows.append(f"| {name} | {attack} | {len(ran)} | " + " | ".join(stat(last[j]) for j in judges) + f" | {per_seed} |")
     return "\n".join(rows)
 
 
