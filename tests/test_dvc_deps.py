@@ -4,7 +4,10 @@ rewrites the lists), and the data paths it declares are those of dm2/paths.py.""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -75,3 +78,15 @@ def test_no_stage_imports_another_stage():
     for path in sorted((ROOT / "stages").glob("*.py")):
         reached = [f for f in code_files(f"stages.{path.stem}") if f.startswith("stages/")]
         assert reached == [f"stages/{path.name}"], f"{path.name} imports {reached}"
+
+
+def test_shipped_world_stages_are_up_to_date():
+    """The world's weights and prompts ship in git (cache: false): a fresh clone's `dvc repro`
+    must find their stages up to date, or it retrains the world. A code change under them
+    that does not change what they compute is recorded with `dvc commit STAGE`."""
+    shipped = ["train_diffusion", "train_clip", "train_judge", "world_check", "prompts"]
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--json", *shipped], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout or "{}") == {}, f"dvc.lock is stale for: {done.stdout.strip()}"
