@@ -163,10 +163,16 @@ class DarkMiner:
             with frozen(unet):
                 c, mine_losses = mine(unet, scheduler, self.pool_latents[picked], self.init, self.encode, m, g, f"loop {i} mine {j}", self.max_norm)
             mined.append((self.score(c, picked), c, mine_losses, picked))
-        s, c, mine_losses, picked = max(mined, key=lambda candidate: candidate[0])
+        if m.keep_start:  # the start, unmined (its mining loss: none), last among the candidates
+            picked = torch.randperm(len(self.pool_latents), generator=g)[: m.k]
+            mined.append((self.score(self.init, picked), self.init.clone(), [None], picked))
+        best = max(range(len(mined)), key=lambda j: mined[j][0])
+        s, c, mine_losses, picked = mined[best]
         row = {"loop": i, "s": s, "mine_loss": mine_losses[-1], "circumvented": s > v.tau, "replayed": None, "l_c": None, "l_p": None, "s_after": None}
-        if m.candidates > 1:
+        if len(mined) > 1:
             row["s_candidates"] = [candidate[0] for candidate in mined]
+        if m.keep_start:
+            row["start_won"] = best == len(mined) - 1
         state.embeddings.append(c)
 
         # 3. circumvent c (verified: s > tau), replaying earlier verified embeddings

@@ -281,6 +281,10 @@ class MineParams(StepSchedule):
     # Embeddings mined per loop, each from its own k pool images; the loop verifies them all
     # and goes on with the highest s(c). The paper: 1.
     candidates: int = 1
+    # Verify the starting embedding (`init`) beside the mined ones, on its own k pool images:
+    # a loop then goes on with the start when mining moved every candidate away from the
+    # concept, and stops only when the start fails verification too. The paper: no.
+    keep_start: bool = False
     # Where the L mined tokens sit in the text: "{c}" (the paper) conditions on BOS, c, EOS;
     # "a photo of a {c}" puts them after those words, as a textual-inversion attack (CCE)
     # places its tokens in prompts.

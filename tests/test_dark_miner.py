@@ -238,6 +238,7 @@ def test_frozen_restores_gradient_flags():
         (MineParams, "mine", {"epochs": 5, "lr": -0.1, **SCHEDULE}, "mine.lr"),
         (MineParams, "mine", {"epochs": 5, "lr": 0.1, "tokenz": 3, **SCHEDULE}, "tokenz"),
         (MineParams, "mine", {"epochs": 5, "lr": 0.1, "candidates": 0, **SCHEDULE}, "mine.candidates"),
+        (MineParams, "mine", {"epochs": 5, "lr": 0.1, "keep_start": "yes", **SCHEDULE}, "mine.keep_start"),
         (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, "r": 1.2, **SCHEDULE}, "circumvent.r"),
         (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, **{**SCHEDULE, "optimizer": "lbfgs"}}, "circumvent.optimizer"),
         (CircumventParams, "circumvent", {"epochs": 5, "lr": 0.1, "replay": "step", **SCHEDULE}, "circumvent.replay"),

@@ -43,6 +43,26 @@ def test_several_candidates_go_on_with_the_best(tiny_pipe, tiny_clip, pool):
     assert torch.equal(three.embeddings[0], one.embeddings[0]) == (best == 0)
 
 
+def test_keep_start_goes_on_with_the_start_when_mining_moved_away(tiny_pipe, tiny_clip, pool):
+    """mine.keep_start verifies the unmined start beside the mined embedding: with tau between
+    the two scores the loop circumvents whichever is higher, where a plain run stops when the
+    mined one is the lower."""
+    s = settings(tau=1.0, max_loops=1)  # no cosine exceeds 1: one loop, scores only
+    s.mine.keep_start = True
+    probe = loops(copy.deepcopy(tiny_pipe), tiny_clip, pool, s)
+    mined_s, start_s = probe.log[0]["s_candidates"]
+    assert mined_s != start_s and probe.stop == "verification"
+    s.verify.tau = (mined_s + start_s) / 2
+    kept = loops(copy.deepcopy(tiny_pipe), tiny_clip, pool, s)
+    assert kept.log[0]["circumvented"] and kept.log[0]["start_won"] == (start_s > mined_s)
+    miner = DarkMiner(copy.deepcopy(tiny_pipe), tiny_clip, pool[0], pool[1], s)
+    assert torch.equal(kept.embeddings[0], miner.init) == (start_s > mined_s)
+    s.mine.keep_start = False
+    plain = loops(tiny_pipe, tiny_clip, pool, s)
+    assert plain.log[0]["s"] == pytest.approx(mined_s, abs=1e-6)
+    assert plain.log[0]["circumvented"] == (mined_s > start_s) and "s_candidates" not in plain.log[0]
+
+
 @pytest.mark.parametrize("targets", [["to_k"], ["to_q", "to_v"]])
 def test_lora_goes_on_the_projections_named(tiny_pipe, tiny_clip, pool, targets):
     """`erase.lora_targets`: adapters on exactly those projections, self- and cross-attention."""
