@@ -546,18 +546,18 @@ def is_local_path(value: str) -> bool:
     return value.startswith((".", "/", "~")) or value.count("/") >= 2 or value.endswith((".safetensors", ".json", ".txt")) or Path(value).exists()
 
 
-def _check_models(m: ModelsParams, root: Path) -> None:
-    if is_local_path(m.diffusion):
+def _check_models(m: ModelsParams, root: Path, made: tuple[str, ...] = ()) -> None:
+    if is_local_path(m.diffusion) and "diffusion" not in made:
         folder = root / Path(m.diffusion).expanduser()
         require((folder / "model_index.json").is_file(), "models.diffusion", f"{m.diffusion} is not a diffusers pipeline folder (no model_index.json)")
-    if is_local_path(m.clip_pretrained):
+    if is_local_path(m.clip_pretrained) and "clip_pretrained" not in made:
         require((root / Path(m.clip_pretrained).expanduser()).is_file(), "models.clip_pretrained", f"{m.clip_pretrained} does not exist")
         require(
             m.clip_pretrained.endswith(".safetensors"), "models.clip_pretrained", f"{m.clip_pretrained}: weights load as safetensors only (never unpickled)"
         )
     for key in ("judge_path", "second_judge_path"):
         value = getattr(m, key)
-        if value:
+        if value and key not in made:
             require((root / Path(value).expanduser()).exists(), f"models.{key}", f"{value} does not exist")
 
 
@@ -586,9 +586,11 @@ def _check_text_positions(s: dict[str, Any]) -> None:
         require(n <= TEXT_POSITIONS, key, f"{n} tokens do not fit the text encoder's {TEXT_POSITIONS} text positions (77 less BOS and EOS)")
 
 
-def check_params(data: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
+def check_params(data: dict[str, Any], root: str | Path = ".", made: tuple[str, ...] = ()) -> dict[str, Any]:
     """Every section of params.yaml parsed, then the checks across sections; the first
-    problem is a ParamsError naming its key. `root`: where relative paths start."""
+    problem is a ParamsError naming its key. `root`: where relative paths start; `made`:
+    the `models` keys whose files the running stage writes, so they need not exist yet
+    (`dvc repro` deletes a stage's outputs before running it)."""
     root = Path(root)
     unknown = sorted(set(data) - set(SECTIONS) - set(SCALARS))
     require(not unknown, "top level", f"unknown section(s) {unknown}; known: {sorted([*SECTIONS, *SCALARS])}")
@@ -600,7 +602,7 @@ def check_params(data: dict[str, Any], root: str | Path = ".") -> dict[str, Any]
     require(data["device"] in DEVICES, "device", f"{data['device']!r} is not one of {list(DEVICES)}")
     require(data["precision"] in PRECISIONS, "precision", f"{data['precision']!r} is not one of {list(PRECISIONS)}")
     sections.update(method=data["method"], device=data["device"], precision=data["precision"])
-    _check_models(sections["models"], root)
+    _check_models(sections["models"], root, made)
     _check_concept(sections["concept"], sections["world"], root)
     _check_text_positions(sections)
     return sections

@@ -34,13 +34,15 @@ MULTI_PROCESS = ("pool", "evaluate", "attack", "compare")
 # Stages whose diffusion-model passes run at the `precision` param (`dm2.precision`); the
 # world's own training and check always run in float32.
 AT_PRECISION = ("pool", "erase", "baseline", "evaluate", "attack", "compare")
+# The `models` files the world's training stages write: checked by what reads them, not before.
+MADE_BY = {"train_diffusion": ("diffusion",), "train_clip": ("clip_pretrained",), "train_judge": ("judge_path",)}
 
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in STAGES:
         raise SystemExit(f"usage: python -m stages STAGE [ARG]; stages: {', '.join(STAGES)}")
     try:
-        params = check_params(load_params())
+        params = check_params(load_params(), made=MADE_BY.get(argv[0], ()))
     except ParamsError as e:
         raise SystemExit(f"params.yaml: {e}") from None
     processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch / torchrun

@@ -191,6 +191,25 @@ def test_cross_section_and_file_checks_name_the_key(edit, message):
         check_params(params, ROOT)
 
 
+@pytest.mark.parametrize(
+    "stage, key, value",
+    [("train_judge", "judge_path", "artifacts/world/new_judge.safetensors"), ("train_clip", "clip_pretrained", "artifacts/world/new_clip.safetensors"),
+     ("train_diffusion", "diffusion", "artifacts/world/new_sd")],
+)  # fmt: skip
+def test_a_training_stage_may_name_the_model_it_makes(stage, key, value):
+    """`dvc repro` deletes a stage's outputs before running it: the stage that trains a world
+    model must pass the check without it, and every other stage must not."""
+    from stages.__main__ import MADE_BY
+
+    params = _params()
+    params["models"][key] = value
+    check_params(params, ROOT, made=MADE_BY[stage])
+    for other, made in MADE_BY.items():
+        if other != stage:
+            with pytest.raises(ParamsError, match=rf"models\.{key}: "):
+                check_params(params, ROOT, made=made)
+
+
 def test_numbers_in_any_yaml_spelling(tmp_path):
     text = (ROOT / "params.yaml").read_text().replace("  lr: 0.1 ", "  lr: 1e-1 ", 1).replace("  size: 30 ", "  size: 3e1 ", 1)
     assert "1e-1" in text and "3e1" in text
