@@ -66,13 +66,20 @@ def collect_rows(method: str, others: list[str], eval_metrics: dict, attack_metr
     return rows
 
 
-def collect_images(method: str, others: list[str], eval_images: Path, compare_dir: Path) -> dict[str, torch.Tensor]:
+def collect_images(method: str, others: list[str], eval_images: Path, compare_dir: Path) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Concept images keyed by label, base first, and the methods of `others` whose images
+    are not here (a clone without their `compare` outputs): the grid leaves those out."""
     main = load_tensors(eval_images)
-    images = {BASE: main["base"], LABELS[method]: main[method]}
+    images, missing = {BASE: main["base"], LABELS[method]: main[method]}, []
     for m in others:
-        if m != method:
-            images[LABELS[m]] = load_tensors(compare_dir / m / CONCEPT_IMAGES)[m]
-    return images
+        if m == method:
+            continue
+        path = compare_dir / m / CONCEPT_IMAGES
+        if path.is_file():
+            images[LABELS[m]] = load_tensors(path)[m]
+        else:
+            missing.append(m)
+    return images, missing
 
 
 def collect_sweeps(method: str, others: list[str], attack_metrics: dict, compare_dir: Path) -> dict[str, dict]:
@@ -91,6 +98,7 @@ def write_report(
     judges: tuple[str, str],
     out_dir: Path,
     stale: list[str] = (),
+    no_images: list[str] = (),
 ) -> str:
     """table.md: Table 1 by the primary judge, the second judge's figures, and every
     figure where the two judges disagree by more than 5 points; the radar, the grid and
@@ -103,6 +111,7 @@ def write_report(
         f"Where the judges disagree by more than {DISAGREEMENT:.0f} points:", "",
         *([f"- {n}" for n in notes] or ["- nowhere"]), "",
         *([f"Not measured with this protocol, left out: {', '.join(LABELS[m] for m in stale)} (run `dvc repro` to measure them).", ""] if stale else []),
+        *([f"The image grid leaves out {', '.join(LABELS[m] for m in no_images)}: their concept images are not in this checkout (`dvc repro compare@METHOD` makes them).", ""] if no_images else []),
     ])  # fmt: skip
     (out_dir / "table.md").write_text(table)
     radar_chart(radar_ratios(rows), out_dir / "radar.png")
@@ -120,10 +129,10 @@ def main() -> None:
     attack_metrics = read_json(ATTACK_METRICS)
     others, stale = measured_methods(method, compare.methods, COMPARE_METRICS_DIR)
     rows = collect_rows(method, others, read_json(EVAL_METRICS), attack_metrics, COMPARE_METRICS_DIR)
-    images = collect_images(method, others, EVAL_DIR / CONCEPT_IMAGES, COMPARE_DIR)
+    images, no_images = collect_images(method, others, EVAL_DIR / CONCEPT_IMAGES, COMPARE_DIR)
     sweeps = collect_sweeps(method, others, attack_metrics, COMPARE_METRICS_DIR)
     judges = (attack_metrics["judge"], attack_metrics["second_judge"]["judge"])
-    print(write_report(rows, images, sweeps, judges, REPORTS_DIR, stale))
+    print(write_report(rows, images, sweeps, judges, REPORTS_DIR, stale, no_images))
 
 
 if __name__ == "__main__":

@@ -131,7 +131,8 @@ def test_report_renders_every_row_from_fixed_metrics(tmp_path):
     images = {name: torch.rand(3, 3, 32, 32) for name in rows}
     sweeps = collect_sweeps("dm2", ["esd_x", "dm2"], attack_metrics, tmp_path / "compare")
     assert list(sweeps) == ["base", "DM2", "ESD-x"]
-    table = write_report(rows, images, sweeps, ("world", "geometric"), tmp_path / "reports")
+    table = write_report(rows, images, sweeps, ("world", "geometric"), tmp_path / "reports", no_images=["uce"])
+    assert "The image grid leaves out UCE:" in table
     lines = [line for line in table.splitlines() if line.startswith("|")]
     n = len(rows) + 2  # header, rule, one line per model: the primary judge's table first
     assert [line.split("|")[1].strip() for line in lines[2:n]] == ["base", "DM2", "ESD-x"]
@@ -150,8 +151,9 @@ def test_report_images_come_from_each_stage(tmp_path):
 
     save_tensors({"base": torch.zeros(2, 3, 8, 8), "dm2": torch.ones(2, 3, 8, 8)}, tmp_path / "eval.safetensors")
     save_tensors({"uce": torch.full((2, 3, 8, 8), 0.5)}, tmp_path / "compare" / "uce" / "concept_images.safetensors")
-    images = collect_images("dm2", ["uce"], tmp_path / "eval.safetensors", tmp_path / "compare")
+    images, missing = collect_images("dm2", ["uce", "esd_x"], tmp_path / "eval.safetensors", tmp_path / "compare")
     assert list(images) == ["base", "DM2", "UCE"] and images["UCE"].mean().item() == 0.5
+    assert missing == ["esd_x"]  # no compare images here: left out of the grid, and named
 
 
 def test_report_leaves_out_methods_measured_by_an_earlier_protocol(tmp_path):
