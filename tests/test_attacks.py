@@ -24,7 +24,7 @@ from dm2.attacks.params import (
     RingABellParams,
     UnlearnDiffParams,
 )
-from dm2.attacks.pez import project_to_vocabulary
+from dm2.attacks.pez import Projection
 from dm2.attacks.ring_a_bell import genetic_search, ring_a_bell_attack, world_words
 from dm2.attacks.sweep import prepare_attacks, sweep_model
 from dm2.attacks.unlearndiff import unlearndiff_attack
@@ -122,10 +122,18 @@ def test_search_space_of_prompts_holds_their_tokens_only(tiny_pipe):
 def test_projection_finds_tokens_and_never_specials(tiny_pipe):
     table = tiny_pipe.text_encoder.get_input_embeddings().weight
     allowed = searchable(tiny_pipe.tokenizer, table.shape[0])
+    project = Projection(table, allowed)
     words = torch.tensor([320, 736, 1069])
-    assert torch.equal(project_to_vocabulary(table[words], table, allowed), words)
+    assert torch.equal(project(table[words]), words)
     specials = torch.tensor(tiny_pipe.tokenizer.all_special_ids)
-    assert allowed[project_to_vocabulary(table[specials], table, allowed)].all()
+    assert allowed[project(table[specials])].all()
+    # A restricted search space: every row goes to its nearest allowed id, as scoring the
+    # whole table with the others masked out would.
+    few = torch.zeros_like(allowed)
+    few[[320, 736, 1069, 2000]] = True
+    embeds = torch.randn(50, table.shape[1], generator=torch.Generator().manual_seed(0))
+    sims = torch.nn.functional.normalize(embeds, dim=-1) @ torch.nn.functional.normalize(table, dim=-1).T
+    assert torch.equal(Projection(table, few)(embeds), sims.masked_fill(~few, float("-inf")).argmax(-1))
 
 
 # ---------------------------------------------------------------- P4D and UnlearnDiff

@@ -13,6 +13,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from dm2.attacks.common import AttackInputs, AttackResult, denoising_loss, restart_seed, states
 from dm2.attacks.params import AttacksParams, CCEParams
 from dm2.config import require
+from dm2.diffusion import encode_token_embeddings
 from dm2.lora import frozen
 from dm2.steps import check_finite
 
@@ -47,26 +48,27 @@ def invert_concept(
         starts.append(init[0])
     text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     new_ids = tokenizer.convert_tokens_to_ids(names)
-    weight = text_encoder.get_input_embeddings().weight
-    with torch.no_grad():
-        for j, new_id in enumerate(new_ids):
-            weight[new_id] = weight[starts[(restart + j) % len(starts)]]
-    only_new = torch.zeros(weight.shape[0], 1, device=weight.device)
-    only_new[new_ids] = 1.0
-    weight.requires_grad_(True)
-    hook = weight.register_hook(lambda grad: grad * only_new)  # every other row keeps its value (Adam, no decay)
-    opt = torch.optim.Adam([weight], lr=p.lr)
+    table = text_encoder.get_input_embeddings().weight
+    # Only the new rows are optimised: Adam on the whole table (every other row with a zero
+    # gradient, so unchanged) gives the same tokens at about a third more time per step.
+    rows = torch.stack([table[starts[(restart + j) % len(starts)]] for j in range(len(new_ids))]).detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([rows], lr=p.lr)
     template_ids = tokenizer(
         [t.format(token=cce_phrase(p)) for t in p.train_templates], padding="max_length", max_length=tokenizer.model_max_length,
         truncation=True, return_tensors="pt",
-    ).input_ids.to(weight.device)  # fmt: skip
+    ).input_ids.to(table.device)  # fmt: skip
+    slot = torch.full((table.shape[0],), -1, dtype=torch.long, device=table.device)
+    slot[new_ids] = torch.arange(len(new_ids), device=table.device)
     g = torch.Generator().manual_seed(restart_seed(seed, restart))
     losses, snapshots = [], []
-    with frozen(pipe.unet):
+    with frozen(pipe.unet), frozen(text_encoder):
         for step in tqdm(range(p.budgets[-1]), desc="cce inversion", leave=False, mininterval=2):
             pick = torch.randint(len(latents), (p.batch_size,), generator=g)
             which = torch.randint(len(template_ids), (p.batch_size,), generator=g)
-            cond = text_encoder(template_ids[which.to(weight.device)])[0]
+            ids = template_ids[which.to(table.device)]
+            at = slot[ids].unsqueeze(-1)  # the new token's row at each position, -1 elsewhere
+            embeds = torch.where(at >= 0, rows[at.clamp(min=0).squeeze(-1)], table[ids].detach())
+            cond = encode_token_embeddings(text_encoder, embeds)
             loss = denoising_loss(pipe.unet, pipe.scheduler, latents[pick.to(latents.device)], cond, g).mean()
             check_finite(loss, "cce inversion", step)
             opt.zero_grad(set_to_none=True)
@@ -74,9 +76,9 @@ def invert_concept(
             opt.step()
             losses.append(loss.item())
             if step + 1 in p.budgets:
-                snapshots.append(weight[new_ids].detach().clone())
-    hook.remove()
-    weight.requires_grad_(False)
+                snapshots.append(rows.detach().clone())
+    with torch.no_grad():
+        table[new_ids] = rows
     return tokenizer, text_encoder, snapshots, losses
 
 

@@ -35,10 +35,18 @@ class TokenSearch:
     weight_decay: float
 
 
-def project_to_vocabulary(embeds: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Nearest allowed vocabulary id by cosine similarity (PEZ) for each row of `embeds` (M x width)."""
-    sims = F.normalize(embeds, dim=-1) @ F.normalize(table, dim=-1).T
-    return sims.masked_fill(~allowed.to(sims.device), float("-inf")).argmax(-1)
+class Projection:
+    """Nearest allowed vocabulary id by cosine similarity (PEZ). Only the allowed rows are
+    scored, normalised once: the world's search space is 60 of 49,408 ids, and scoring the
+    whole table took about a quarter of a P4D step."""
+
+    def __init__(self, table: torch.Tensor, allowed: torch.Tensor):
+        self.ids = allowed.to(table.device).nonzero().squeeze(1)
+        self.unit = F.normalize(table[self.ids], dim=-1)
+
+    def __call__(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The nearest allowed id for each row of `embeds` (M x width)."""
+        return self.ids[(F.normalize(embeds, dim=-1) @ self.unit.T).argmax(-1)]
 
 
 def optimise_tokens(
@@ -50,7 +58,8 @@ def optimise_tokens(
     returns (the discrete ids after each budget's iterations, final continuous embeddings at
     the free positions (M x width), mean loss per iteration)."""
     table = text_encoder.get_input_embeddings().weight.detach()
-    ids, free, allowed = search.ids.to(table.device), search.free.to(table.device), search.allowed
+    ids, free = search.ids.to(table.device), search.free.to(table.device)
+    project = Projection(table, search.allowed)
     soft = table[ids[free]].clone().requires_grad_(True)
     opt = torch.optim.AdamW([soft], lr=search.lr, weight_decay=search.weight_decay)
     fixed = table[ids]
@@ -58,11 +67,11 @@ def optimise_tokens(
 
     def discrete() -> torch.Tensor:
         out = ids.clone()
-        out[free] = project_to_vocabulary(soft.detach(), table, allowed)
+        out[free] = project(soft.detach())
         return out
 
     for step in tqdm(range(search.budgets[-1]), desc=what, leave=False, mininterval=2):
-        hard = project_to_vocabulary(soft.detach(), table, allowed)
+        hard = project(soft.detach())
         embeds = fixed.clone()
         embeds[free] = soft + (table[hard] - soft).detach()  # straight-through: value of hard, gradient to soft
         loss = loss_fn(encode_token_embeddings(text_encoder, embeds))
