@@ -3,7 +3,7 @@ code, side by side on the shipped world and `attack_base`'s inputs: P4D on 24 pr
 (the PEZ search UnlearnDiff shares) and CCE's textual inversion. Runs alternate between
 the two checkouts (`--repeats` rounds, each in a fresh process, loading left out), then
 prints the median seconds per step of each, the ratio, and whether the found tokens and
-embeddings are the same bit for bit.
+embeddings are the same bit for bit (or how far apart).
 
     python benchmarks/attack_steps.py OTHER_CHECKOUT [--repeats 2] [--steps 20]
 
@@ -73,6 +73,7 @@ def main() -> None:
         return
     if args.other is None or not (args.other / "dm2").is_dir():
         parser.error(f"OTHER_CHECKOUT: {args.other} has no dm2 package")
+    import torch
     from safetensors.torch import load_file
 
     checkouts = {"this": ROOT, "other": args.other.resolve()}
@@ -84,8 +85,9 @@ def main() -> None:
         found = {name: load_file(Path(tmp) / f"{name}0.safetensors") for name in checkouts}
     for step in ("p4d", "cce"):
         this, other = (statistics.median(t[step] for t in times[name]) for name in checkouts)
-        same = bool((found["this"][step] == found["other"][step]).all())
-        print(f"{step}: {this:.3f} s/step here, {other:.3f} s/step there, ratio {other / this:.2f}x, same result: {same}")
+        a, b = found["this"][step], found["other"][step]
+        same = "same bit for bit" if torch.equal(a, b) else f"differ: {int((a != b).sum())} of {a.numel()} values, by up to {(a.double() - b.double()).abs().max():.2g}"
+        print(f"{step}: {this:.3f} s/step here, {other:.3f} s/step there, ratio {other / this:.2f}x; results {same}")
 
 
 if __name__ == "__main__":
