@@ -12,8 +12,9 @@ headline ASR is the best restart at the largest budget. The inputs the attacks s
 are the base model's, made once by `attack_base` and shared with every `compare` stage.
 
 Per model, attack and restart, `{out}/{attack}/restart{k}/` holds prompts.csv (the
-prompts at the largest budget, each judge's score and best-so-far verdict, token ids
-where the prompt is discrete), embeddings.safetensors and log.json (objective per step).
+prompts at the largest budget, or the tokens that attacked a prompt that left P4D's or
+UnlearnDiff's search; each judge's score and best-so-far verdict, token ids where the prompt
+is discrete), embeddings.safetensors and log.json (objective per step).
 """
 
 from __future__ import annotations

@@ -152,8 +152,8 @@ def test_sweep_runs_each_restart_once_and_skips_what_is_attacked(tiny_pipe, tmp_
     p = stage_params()
     judges = {"world": CountingJudge(FakeJudge()), "other": CountingJudge(PositionJudge([0]))}
     inputs = prepare_attacks(tiny_pipe, judges["world"], "circle", STAGE_PROMPTS, p, SEARCH)
-    calls = {"optimise_tokens": 0, "invert_concept": 0, "genetic_search": 0}
-    for module, fn in ((pez, "optimise_tokens"), (cce, "invert_concept"), (ring_a_bell, "genetic_search")):
+    calls = {"ChunkSearch": 0, "invert_concept": 0, "genetic_search": 0}
+    for module, fn in ((pez, "ChunkSearch"), (cce, "invert_concept"), (ring_a_bell, "genetic_search")):
         original = getattr(module, fn)
 
         def counted(*args, _fn=fn, _original=original, **kw):
@@ -174,7 +174,7 @@ def test_sweep_runs_each_restart_once_and_skips_what_is_attacked(tiny_pipe, tmp_
     metrics, _ = sweep_model(tiny_pipe, judges, "circle", inputs, p, tmp_path)
     # P4D and UnlearnDiff: one chunk (batch_size 4) per restart; CCE: one inversion per
     # restart; Ring-A-Bell was searched once in prepare_attacks.
-    assert calls == {"optimise_tokens": 2 * p.restarts, "invert_concept": p.restarts, "genetic_search": 0}
+    assert calls == {"ChunkSearch": 2 * p.restarts, "invert_concept": p.restarts, "genetic_search": 0}
     # Budget 1: all 4; then prompt 0 is attacked by both judges, prompts 1, 2 by "world"
     # only, so 3 are made again at budget 2. Per attack, per restart.
     assert generated == [4, 3] * p.restarts * len(ATTACKS)

@@ -81,10 +81,11 @@ def test_no_stage_imports_another_stage():
 
 
 def test_shipped_world_stages_are_up_to_date():
-    """The world's weights and prompts ship in git (cache: false): a fresh clone's `dvc repro`
-    must find their stages up to date, or it retrains the world. A code change under them
-    that does not change what they compute is recorded with `dvc commit STAGE`."""
-    shipped = ["train_diffusion", "train_clip", "train_judge", "world_check", "prompts"]
+    """The world's weights and prompts, and the base model's side of the evaluation and the
+    attacks, ship in git (cache: false): a fresh clone's `dvc repro` must find their stages
+    up to date, or it retrains the world and re-measures the base model. A code change under
+    them that does not change what they compute is recorded with `dvc commit STAGE`."""
+    shipped = ["train_diffusion", "train_clip", "train_judge", "world_check", "prompts", "evaluate_base", "attack_base"]
     done = subprocess.run(
         [sys.executable, "-m", "dvc", "status", "--json", *shipped], cwd=ROOT, capture_output=True, text=True, timeout=120
     )

@@ -10,7 +10,7 @@ from diffusers import StableDiffusionPipeline
 from tqdm import tqdm
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from dm2.attacks.common import AttackInputs, AttackResult, denoising_loss, restart_seed, states
+from dm2.attacks.common import AttackInputs, AttackResult, BudgetJudge, denoising_loss, restart_seed, states
 from dm2.attacks.params import AttacksParams, CCEParams
 from dm2.config import require
 from dm2.diffusion import encode_token_embeddings
@@ -109,6 +109,7 @@ def cce_attack(
     return results
 
 
-def run(pipe: StableDiffusionPipeline, inputs: AttackInputs, p: AttacksParams, restart: int) -> list[AttackResult]:
-    """The sweep's entry point: inverts the base model's best concept images."""
+def run(pipe: StableDiffusionPipeline, inputs: AttackInputs, p: AttacksParams, restart: int, judge: BudgetJudge) -> list[AttackResult]:
+    """The sweep's entry point: inverts the base model's best concept images; every
+    prompt uses the same tokens, so none leaves early and the sweep judges the results."""
     return cce_attack(pipe, inputs.concept_latents, p.n_prompts, p.cce, p.seed, restart)

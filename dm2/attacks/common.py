@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
@@ -30,6 +31,11 @@ class AttackResult:
     columns: dict[str, list] = field(default_factory=dict)  # extra CSV columns, one value per prompt
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # learned embeddings etc.
     log: dict[str, list] = field(default_factory=dict)  # objective per step
+
+
+# Called by an attack with each budget's result, in budget order; returns the prompts
+# (bool, one per prompt) attacked by every judge so far, which need no further search.
+BudgetJudge = Callable[[AttackResult], torch.Tensor]
 
 
 def pack_results(results: list[AttackResult], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -137,9 +143,24 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def denoising_loss(
-    unet: UNet2DConditionModel, scheduler: DDIMScheduler, x0: torch.Tensor, states: torch.Tensor, g: torch.Generator
-) -> torch.Tensor:
-    """Per sequence: || eps - eps_attacked(x_t | states) ||^2 (UnlearnDiff, textual inversion)."""
+def noised_rows(
+    scheduler: DDIMScheduler, x0: torch.Tensor, g: torch.Generator, rows: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`noised` drawn for every sample of `x0`, then kept for `rows` (None: all), so the
+    samples kept get the noise they would get beside the others."""
     x_t, noise, t = noised(scheduler, x0, g)
+    return (x_t, noise, t) if rows is None else (x_t[rows], noise[rows], t[rows])
+
+
+def denoising_loss(
+    unet: UNet2DConditionModel,
+    scheduler: DDIMScheduler,
+    x0: torch.Tensor,
+    states: torch.Tensor,
+    g: torch.Generator,
+    rows: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Per sequence: || eps - eps_attacked(x_t | states) ||^2 (UnlearnDiff, textual
+    inversion); `states` are those of `rows` of `x0` (None: all)."""
+    x_t, noise, t = noised_rows(scheduler, x0, g, rows)
     return (unet(x_t, t, encoder_hidden_states=states).sample - noise).pow(2).mean(dim=(1, 2, 3))

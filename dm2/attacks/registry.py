@@ -10,14 +10,16 @@ from typing import Callable
 from diffusers import StableDiffusionPipeline
 
 from dm2.attacks import cce, p4d, ring_a_bell, unlearndiff
-from dm2.attacks.common import AttackInputs, AttackResult
+from dm2.attacks.common import AttackInputs, AttackResult, BudgetJudge
 from dm2.attacks.params import AttacksParams
 
 
 @dataclass(frozen=True)
 class Attack:
-    # One restart against the model the pipeline is now: a result per budget.
-    run: Callable[[StableDiffusionPipeline, AttackInputs, AttacksParams, int], list[AttackResult]]
+    # One restart against the model the pipeline is now: a result per budget. An attack that
+    # searches per prompt hands each budget's result to the judge as it gets there, and the
+    # prompts already attacked leave its search; the sweep judges the results not handed.
+    run: Callable[[StableDiffusionPipeline, AttackInputs, AttacksParams, int, BudgetJudge], list[AttackResult]]
     # Whether its prompts stand for the shared normal prompts, so each image starts from
     # that prompt's base noise (CCE's prompts are its own: they start from fresh noise).
     from_normal_prompts: bool

@@ -16,6 +16,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from dm2.attacks.common import (
     AttackInputs,
     AttackResult,
+    BudgetJudge,
     chunks,
     decode,
     fixed_sequences,
@@ -164,6 +165,7 @@ def ring_a_bell_attack(
     return results
 
 
-def run(pipe: StableDiffusionPipeline, inputs: AttackInputs, p: AttacksParams, restart: int) -> list[AttackResult]:
-    """The sweep's entry point: the prompts searched once on the base model."""
+def run(pipe: StableDiffusionPipeline, inputs: AttackInputs, p: AttacksParams, restart: int, judge: BudgetJudge) -> list[AttackResult]:
+    """The sweep's entry point: the prompts searched once on the base model; found
+    without the attacked model, so the sweep judges them afterwards."""
     return inputs.ring[restart]

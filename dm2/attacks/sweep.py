@@ -8,7 +8,9 @@ and read back by every erased model's measurement (stages `attack` and `compare`
 
 How ASR is counted. Per restart, a prompt counts as attacked at budget b when its image at
 some budget <= b was judged the concept (best so far: an attacker keeps what worked), so
-the curve never drops; prompts already attacked are not generated again. Per budget:
+the curve never drops; prompts already attacked by every judge are not generated again,
+and P4D and UnlearnDiff, which search per prompt, stop searching them (the other prompts'
+searches go on as they would have: `dm2.attacks.pez.ChunkSearch`). Per budget:
 `per_restart` (one ASR per restart), `best` (the best restart: the headline at the largest
 budget) and `any_restart` (a prompt attacked by any restart). Each judge counts alone.
 """
@@ -186,15 +188,18 @@ def _restart(
 ) -> Part:
     """One restart of one attack, judged at every budget, packed for a shard: per judge its
     best-so-far verdicts (budgets x prompts) and the scores it gave, the images (per prompt
-    the latest made), and what the attack found at the largest budget."""
+    the latest made), and what the attack found at the largest budget (for a prompt that
+    left a per-prompt search, what attacked it)."""
     n = p.n_prompts
-    results = REGISTRY[name].run(pipe, inputs, p, restart)
     done = {j: torch.zeros(n, dtype=torch.bool) for j in judges}
-    verdicts = {j: torch.zeros(len(results), n, dtype=torch.bool) for j in judges}
+    verdicts: list[dict[str, torch.Tensor]] = []  # per budget judged, per judge
     latest = torch.zeros(n, 3, *inputs.x0.shape[-2:])
     scores: dict[str, torch.Tensor] = {j: torch.full((n,), float("nan")) for j in judges}
-    for b, result in enumerate(results):
-        todo = ~torch.stack(list(done.values())).all(0)  # not yet attacked by every judge
+
+    def judge_budget(result: AttackResult) -> torch.Tensor:
+        """Generate and judge the prompts not yet attacked by every judge; return those that now are."""
+        nonlocal latest
+        todo = ~torch.stack(list(done.values())).all(0)
         idx = todo.nonzero().squeeze(1)
         if len(idx):
             images = generate(pipe, result.cond[idx], p.seed, p.steps, p.guidance, guide=guide, noise=noise[idx])
@@ -206,10 +211,14 @@ def _restart(
                 open_ = ~done[j][idx]  # a prompt this judge already called the concept keeps that image's score
                 scores[j][idx[open_]] = s.float()[open_]
                 done[j][idx] |= verdict.bool()
-        for j in judges:
-            verdicts[j][b] = done[j]
+        verdicts.append({j: d.clone() for j, d in done.items()})
+        return torch.stack(list(done.values())).all(0)
+
+    results = REGISTRY[name].run(pipe, inputs, p, restart, judge_budget)
+    for result in results[len(verdicts) :]:  # those the attack did not hand to the judge
+        judge_budget(result)
     tensors, meta = pack_results(results[-1:], "final/")
-    tensors.update({f"verdicts/{j}": v for j, v in verdicts.items()})
+    tensors.update({f"verdicts/{j}": torch.stack([v[j] for v in verdicts]) for j in judges})
     tensors.update({f"scores/{j}": v for j, v in scores.items()})
     if restart == 0:  # the images the stage shows
         tensors["images"] = latest
@@ -228,8 +237,8 @@ def sweep_attack(
     shards: Path | None = None,
 ) -> tuple[dict, torch.Tensor]:
     """Every restart of one attack, judged at every budget. Writes (the main process alone),
-    per restart, the prompts found at the largest budget with each judge's best-so-far
-    verdict. Returns ({"budgets", judge: asr_curves}, the images of restart 0: per prompt
+    per restart, the prompts found at the largest budget (or when they left the search)
+    with each judge's best-so-far verdict. Returns ({"budgets", judge: asr_curves}, the images of restart 0: per prompt
     the latest made). `shards`: a folder where finished restarts are kept, which also
     spreads the restarts over launched processes (`dm2.sharding`)."""
     budgets = p.budgets(name)
