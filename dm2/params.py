@@ -536,7 +536,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "attacks": AttacksParams,
 }
-SCALARS = ("method", "device", "precision")
+SCALARS = ("method", "device", "precision", "cpu_processes")
 
 
 def is_local_path(value: str) -> bool:
@@ -601,7 +601,9 @@ def check_params(data: dict[str, Any], root: str | Path = ".", made: tuple[str, 
     check_method(data["method"])
     require(data["device"] in DEVICES, "device", f"{data['device']!r} is not one of {list(DEVICES)}")
     require(data["precision"] in PRECISIONS, "precision", f"{data['precision']!r} is not one of {list(PRECISIONS)}")
-    sections.update(method=data["method"], device=data["device"], precision=data["precision"])
+    n = data["cpu_processes"]
+    require(isinstance(n, int) and not isinstance(n, bool) and n >= 1, "cpu_processes", f"expected a whole number >= 1, got {n!r}")
+    sections.update(method=data["method"], device=data["device"], precision=data["precision"], cpu_processes=n)
     _check_models(sections["models"], root, made)
     _check_concept(sections["concept"], sections["world"], root)
     _check_text_positions(sections)

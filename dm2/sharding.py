@@ -13,7 +13,12 @@ sampler settings); a shard with another key, or an unreadable one, is made again
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -59,6 +64,47 @@ class ShardStore:
     def save(self, i: int, part: Part, process: int = 0) -> None:
         tensors, meta = part
         save_tensors(tensors, self.path(i), {**meta, "key": self.key, "process": str(process)})
+
+
+def launch(cmd: list[str], n: int) -> int:
+    """Run `cmd` as `n` one-thread processes that find each other as torchrun's do (RANK,
+    WORLD_SIZE, MASTER_ADDR / MASTER_PORT; gloo on a CPU). Process 0 writes to this
+    terminal; the others' output goes to a file, shown only when that process fails. The
+    first process to fail stops the others; returns its exit code (0 when all succeed)."""
+    with socket.socket() as s:  # a free port for the processes to meet on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = {**os.environ, "WORLD_SIZE": str(n), "LOCAL_WORLD_SIZE": str(n), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        logs = [Path(tmp) / f"process{r}.log" for r in range(n)]
+        procs = []
+        try:
+            for r in range(n):
+                env = {**base, "RANK": str(r), "LOCAL_RANK": str(r)}
+                if r == 0:
+                    procs.append(subprocess.Popen(cmd, env=env))
+                else:
+                    with logs[r].open("w") as out:
+                        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+            while True:
+                codes = [p.poll() for p in procs]
+                failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+                if failed:
+                    r = failed[0]
+                    if r > 0:  # its last lines, each as a terminal would leave it after progress bars: the error
+                        lines = [line.rsplit("\r", 1)[-1] for line in logs[r].read_text().split("\n")]
+                        lines = [line for line in lines if line.strip()][-20:]
+                        print(f"process {r} of {n} failed:", *lines, sep="\n", flush=True)
+                    return codes[r]
+                if all(c == 0 for c in codes):
+                    return 0
+                time.sleep(0.2)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
 
 
 def clear_shards(folder: Path) -> None:

@@ -1,7 +1,9 @@
-"""Run by tests/test_sharding.py under torchrun: latents of the shipped world for fixed
-prompts, their batches spread over the launched processes and kept as shards.
+"""Run by tests/test_sharding.py as launched processes (`dm2.sharding.launch`): latents of
+the shipped world for fixed prompts, their batches spread over the processes and kept as
+shards. With FAIL_RANK, that process fails at once with a one-line error and the others
+wait for it.
 
-    torchrun --nproc_per_node 2 tests/sharding_worker.py SHARD_FOLDER OUT_FILE
+    python tests/sharding_worker.py SHARD_FOLDER OUT_FILE [FAIL_RANK]
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ def world_latents(shards: ShardStore | None) -> torch.Tensor:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 3:
+        state = process_state()
+        if state.process_index == int(sys.argv[3]):
+            raise SystemExit(f"{sys.argv[1]}: not found")
+        state.wait_for_everyone()  # never passed: the launcher stops this process
+    threads = torch.get_num_threads()
     latents = world_latents(ShardStore(Path(sys.argv[1]), ""))
     state = process_state()
     if state.is_main_process:
-        save_tensors({"latents": latents, "processes": torch.tensor(state.num_processes)}, Path(sys.argv[2]))
+        save_tensors({"latents": latents, "processes": torch.tensor(state.num_processes), "threads": torch.tensor(threads)}, Path(sys.argv[2]))

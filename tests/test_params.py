@@ -129,6 +129,14 @@ def test_wrong_types_and_unknown_keys_are_named():
         parse_section(MineParams, {**mine, "norm_bound": "vocab"}, "mine")
 
 
+def test_cpu_processes_must_be_a_whole_number_of_one_or_more():
+    params = load_params(ROOT / "params.yaml")
+    assert check_params({**params, "cpu_processes": 1})["cpu_processes"] == 1
+    for bad in (0, 2.5, "3", True):
+        with pytest.raises(ParamsError, match=rf"^cpu_processes: expected a whole number >= 1, got {bad!r}$"):
+            check_params({**params, "cpu_processes": bad})
+
+
 def test_missing_params_file_is_named(tmp_path):
     with pytest.raises(ParamsError, match="nope.yaml: params file not found"):
         load_params(tmp_path / "nope.yaml")

@@ -1,20 +1,22 @@
 """Generation in shards (dm2.sharding): the same latents as without, finished batches
-reused, shards of other settings or unreadable ones made again, and two CPU processes
-(torchrun, gloo) splitting the batches and giving the same latents as one."""
+reused, shards of other settings or unreadable ones made again, and two launched CPU
+processes (gloo) splitting the batches and giving the same latents as one."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 
 import dm2.diffusion as diffusion
 from dm2.diffusion import encode_prompts, generate_latents
 from dm2.io import load_tensors, read_metadata
-from dm2.sharding import ShardStore, generation_key
+from dm2.sharding import ShardStore, generation_key, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "a blue ball", "a green disk", "a star", "a photo"]
@@ -72,14 +74,11 @@ def test_the_key_follows_the_weights_and_the_guidance(tiny_pipe):
     assert generation_key(tiny_pipe.unet, cond, 1, 3, 4.0) != key
 
 
-def test_two_processes_split_the_batches_and_give_the_same_latents(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(ROOT / "tests" / "sharding_worker.py"), str(tmp_path / "shards"), str(tmp_path / "out.safetensors")]  # fmt: skip
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+def test_two_launched_processes_split_the_batches_and_give_the_same_latents(tmp_path):
+    cmd = [sys.executable, str(ROOT / "tests" / "sharding_worker.py"), str(tmp_path / "shards"), str(tmp_path / "out.safetensors")]
+    assert launch(cmd, 2) == 0
     two = load_tensors(tmp_path / "out.safetensors")
-    assert int(two["processes"]) == 2
+    assert int(two["processes"]) == 2 and int(two["threads"]) == 1
     makers = {read_metadata(p)["process"] for p in (tmp_path / "shards").iterdir()}
     assert makers == {"0", "1"}  # both processes made batches (3 batches: 0 and 2 by one, 1 by the other)
 
@@ -92,6 +91,16 @@ def test_two_processes_split_the_batches_and_give_the_same_latents(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(two["latents"], one)
+
+
+def test_a_failing_process_stops_the_others_and_shows_its_error(tmp_path, capfd):
+    cmd = [sys.executable, str(ROOT / "tests" / "sharding_worker.py"), str(tmp_path / "missing"), str(tmp_path / "out"), "1"]
+    start = time.time()
+    assert launch(cmd, 2) == 1
+    assert time.time() - start < 60  # process 0 waited for process 1 at a barrier: stopped, not left hanging
+    lines = capfd.readouterr().out.strip().splitlines()
+    assert lines[-2:] == ["process 1 of 2 failed:", f"{tmp_path / 'missing'}: not found"]
+    assert not (tmp_path / "out").exists()
 
 
 def test_stages_that_run_in_one_process_refuse_several(tmp_path):
@@ -132,3 +141,41 @@ def test_attack_restarts_in_shards_match_and_are_reused(tiny_pipe, tmp_path, mon
     again, _ = sweep.sweep_model(tiny_pipe, judges, "circle", again_inputs, p, tmp_path / "again", shards=shards)
     assert runs == [] and again["sweep"] == plain["sweep"]
     assert f"ring-a-bell search: process 0 reused {p.restarts}" in capsys.readouterr().out
+
+
+def test_on_a_cpu_evaluate_attack_and_compare_run_as_cpu_processes_one_thread_processes(monkeypatch):
+    import importlib
+    from types import SimpleNamespace
+
+    import dm2.sharding as sharding
+    import stages.__main__ as entry
+    from dm2.config import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    launched, threads = [], []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sharding, "launch", lambda cmd, n: launched.append((cmd[1:], n)) or 7)
+    monkeypatch.setattr(importlib, "import_module", lambda name: SimpleNamespace(__file__=name, main=lambda: threads.append(torch.get_num_threads())))
+    before = torch.get_num_threads()
+    try:
+        for n in (3, 1):
+            monkeypatch.setattr(entry, "load_params", lambda n=n: {**params, "device": "cpu", "cpu_processes": n})
+            for argv in (["attack", "base"], ["compare", "uce"], ["evaluate"]):
+                torch.set_num_threads(2)
+                if n > 1:
+                    with pytest.raises(SystemExit) as stop:
+                        entry.main(argv)
+                    assert stop.value.code == 7  # the launched processes' exit code
+                else:
+                    entry.main(argv)
+            torch.set_num_threads(2)
+            entry.main(["erase"])  # never launched, threads as the stage sets them
+        assert launched == [(["-m", "stages", "attack", "base"], 3), (["-m", "stages", "compare", "uce"], 3), (["-m", "stages", "evaluate"], 3)]
+        assert threads == [2, 1, 1, 1, 2]  # erase at 3, then cpu_processes 1: one thread in this process
+        monkeypatch.setenv("WORLD_SIZE", "2")  # already launched (accelerate / torchrun / launch): run, as set up
+        monkeypatch.setattr(entry, "load_params", lambda: {**params, "device": "cpu", "cpu_processes": 3})
+        torch.set_num_threads(2)
+        entry.main(["attack"])
+        assert threads[-1] == 2 and len(launched) == 3
+    finally:
+        torch.set_num_threads(before)
