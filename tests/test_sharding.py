@@ -140,7 +140,9 @@ def test_attack_restarts_in_shards_match_and_are_reused(tiny_pipe, tmp_path, mon
     again_inputs = sweep.prepare_attacks(tiny_pipe, judges["world"], "circle", STAGE_PROMPTS, p, SEARCH, shards)
     again, _ = sweep.sweep_model(tiny_pipe, judges, "circle", again_inputs, p, tmp_path / "again", shards=shards)
     assert runs == [] and again["sweep"] == plain["sweep"]
-    assert f"ring-a-bell search: process 0 reused {p.restarts}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"ring-a-bell search: process 0 reused {p.restarts}" in out
+    assert f"process 0 reused 1 finished shard(s) of {shards / 'base_images'}" in out  # the base images too
 
 
 def test_on_a_cpu_evaluate_attack_and_compare_run_as_cpu_processes_one_thread_processes(monkeypatch):

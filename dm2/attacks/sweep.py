@@ -49,7 +49,7 @@ from dm2.judge import Judge, judge_concept
 from dm2.params import ConceptParams, ModelsParams, WorldParams
 from dm2.prompts import read_prompts, write_prompts
 from dm2.provenance import weights_hash
-from dm2.sharding import Part, ShardStore, process_state, run_parts
+from dm2.sharding import Part, ShardStore, generation_key, process_state, run_parts
 
 # In stage attack_base's folder (`dm2.paths.ATTACK_BASE_DIR`), read by stages attack and compare.
 INPUTS_FILE = "inputs.safetensors"
@@ -64,11 +64,18 @@ def search_texts_for(p: AttacksParams, prompts_dir: Path) -> list[str] | None:
 
 
 def base_inputs(
-    pipe: StableDiffusionPipeline, judge: Judge, concept: str, prompts: list[str], p: AttacksParams, allowed: torch.Tensor
+    pipe: StableDiffusionPipeline,
+    judge: Judge,
+    concept: str,
+    prompts: list[str],
+    p: AttacksParams,
+    allowed: torch.Tensor,
+    shards: Path | None = None,
 ) -> AttackInputs:
     """The base model's side every attack but Ring-A-Bell needs (`ring` left empty): the
     attacked prompts, their base images and starting noise, and CCE's inversion set.
-    `judge` (the primary one) picks the ideal prompts and CCE's images."""
+    `judge` (the primary one) picks the ideal prompts and CCE's images. `shards`: where the
+    base images' finished batches are kept, spread over launched processes."""
     require(len(prompts) >= p.n_prompts, "attacks.n_prompts", f"{p.n_prompts} asked, only {len(prompts)} normal prompts")
     require(len(prompts) >= p.cce.candidates, "attacks.cce.candidates", f"{p.cce.candidates} asked, only {len(prompts)} normal prompts")
     start = time.time()
@@ -76,7 +83,9 @@ def base_inputs(
     # from it (same prompt, same starting noise), CCE inverts the best-judged ones.
     pool = prompts if p.ideal_prompts else prompts[: max(p.n_prompts, p.cce.candidates)]
     noise = initial_noise(len(pool), pipe.unet, p.seed)
-    latents = generate_latents(pipe, encode_prompts(pipe, pool), p.seed, p.steps, p.guidance, noise=noise)
+    cond = encode_prompts(pipe, pool)
+    store = None if shards is None else ShardStore(shards / "base_images", generation_key(pipe.unet, cond, p.seed, p.steps, p.guidance))
+    latents = generate_latents(pipe, cond, p.seed, p.steps, p.guidance, noise=noise, shards=store)
     scores, is_concept = judge_concept(judge, latents_to_images(pipe.vae, latents), concept)
     if p.ideal_prompts:
         # As P4D and UnlearnDiff select their prompts: those whose base image shows the concept.
@@ -103,9 +112,10 @@ def prepare_attacks(
 ) -> AttackInputs:
     """Run on the base pipeline: `base_inputs`, then Ring-A-Bell's search; discrete
     searches use the tokens of `search_texts` (None: the whole vocabulary). `shards`: where
-    Ring-A-Bell's finished restarts are kept, spread over launched processes."""
+    the base images' finished batches and Ring-A-Bell's finished restarts are kept, spread
+    over launched processes."""
     allowed = searchable(pipe.tokenizer, pipe.text_encoder.get_input_embeddings().num_embeddings, search_texts)
-    inputs = base_inputs(pipe, judge, concept, prompts, p, allowed)
+    inputs = base_inputs(pipe, judge, concept, prompts, p, allowed, shards)
     start = time.time()
     key = fingerprint(weights_hash(pipe.text_encoder), inputs.prompts, p.ring_a_bell, p.seed, p.batch_size, data=allowed.float())
     store = None if shards is None else ShardStore(shards / "ring_a_bell_search", key)
