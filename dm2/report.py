@@ -107,6 +107,29 @@ def judge_disagreements(rows: Rows, judges: tuple[str, str]) -> list[str]:
     return notes
 
 
+def budget_markdown(sweeps: Mapping[str, Mapping[str, Any]], judges: tuple[str, str]) -> str:
+    """ASR against budget as a Markdown table, one row per attack and model: the best
+    restart at each budget by each judge ("budget: ASR"), and the prompts that any restart
+    attacked at the largest budget by the primary judge."""
+    lines = [
+        f"| Attack | Model | {judges[0]}, best restart per budget | {judges[1]} | {judges[0]}, any restart at the largest |",
+        "| --- | --- | --- | --- | ---: |",
+    ]
+    for attack, label in ATTACK_LABELS.items():
+        for name in ordered(sweeps):
+            curve = sweeps[name].get(attack)
+            if curve is None:
+                continue
+            cells = [label, name]
+            for judge in judges:
+                best = curve.get(judge, {}).get("best")
+                cells.append(MISSING if best is None else ", ".join(f"{b}: {v:.1f}" for b, v in zip(curve["budgets"], best)))
+            any_restart = curve.get(judges[0], {}).get("any_restart")
+            cells.append(MISSING if not any_restart else f"{any_restart[-1]:.1f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def budget_chart(sweeps: Mapping[str, Mapping[str, Any]], judges: tuple[str, str], path: str | Path) -> None:
     """ASR against attack budget, one panel per attack: the best restart's ASR per model
     (colour), by the primary judge (solid) and the second one (dashed)."""

@@ -31,6 +31,7 @@ from dm2.report import (
     DISAGREEMENT,
     SECOND_METRICS,
     budget_chart,
+    budget_markdown,
     judge_disagreements,
     method_grid,
     radar_chart,
@@ -100,14 +101,15 @@ def write_report(
     stale: list[str] = (),
     no_images: list[str] = (),
 ) -> str:
-    """table.md: Table 1 by the primary judge, the second judge's figures, and every
-    figure where the two judges disagree by more than 5 points; the radar, the grid and
+    """table.md: Table 1 by the primary judge, the second judge's figures, ASR against
+    budget, and every figure where the two judges disagree by more than 5 points; the radar, the grid and
     the ASR-vs-budget curves."""
     out_dir.mkdir(parents=True, exist_ok=True)
     notes = judge_disagreements(rows, judges)
     table = "\n".join([
         f"Judged by `{judges[0]}` (ASR: best of the restarts at the largest budget):", "", table_markdown(rows),
         f"The same images judged by `{judges[1]}`:", "", table_markdown(rows, SECOND_METRICS),
+        "ASR against budget (every restart's curve is in the metrics files):", "", budget_markdown(sweeps, judges),
         f"Where the judges disagree by more than {DISAGREEMENT:.0f} points:", "",
         *([f"- {n}" for n in notes] or ["- nowhere"]), "",
         *([f"Not measured with this protocol, left out: {', '.join(LABELS[m] for m in stale)} (run `dvc repro` to measure them).", ""] if stale else []),

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dm2.report import MISSING, method_grid, radar_chart, radar_ratios, table_markdown
+from dm2.report import MISSING, budget_markdown, method_grid, radar_chart, radar_ratios, table_markdown
 
 ROWS = {
     "DM2": {
@@ -49,6 +49,20 @@ def test_missing_values_render_as_dash():
     for missing in ("Ratio syn. ↓", "Other acc. ↑", "ASR P4D ↓", "ASR UnlearnDiff ↓", "ASR Ring-A-Bell ↓", "ASR mean ↓"):
         assert row[missing] == MISSING, missing
     assert cells(table_markdown({"base": {"ratio": float("nan")}}))[-1][1] == MISSING
+
+
+def test_budget_table_rows_and_cells():
+    """One row per attack and model, base first; each judge's best restart per budget and
+    the primary judge's any-restart figure at the largest budget; a missing judge is a dash."""
+    curve = {"budgets": [10, 20], "world": {"best": [50.0, 62.5], "any_restart": [60.0, 75.0]}, "geometric": {"best": [25.0, 37.5]}}
+    sweeps = {"DM2": {"cce": curve, "p4d": {"budgets": [5], "world": {"best": [4.1666], "any_restart": [8.3333]}}},
+              "base": {"cce": {**curve, "world": {"best": [100.0, 100.0], "any_restart": [100.0, 100.0]}}}}
+    header, rule, *body = cells(budget_markdown(sweeps, ("world", "geometric")))
+    assert header == ["Attack", "Model", "world, best restart per budget", "geometric", "world, any restart at the largest"]
+    assert len(rule) == len(header)
+    assert [row[:2] for row in body] == [["CCE", "base"], ["CCE", "DM2"], ["P4D", "DM2"]]
+    assert body[1][2:] == ["10: 50.0, 20: 62.5", "10: 25.0, 20: 37.5", "75.0"]
+    assert body[2][2:] == ["5: 4.2", MISSING, "8.3"]
 
 
 def test_radar_ratios_hand_case():
