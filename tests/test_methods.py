@@ -137,8 +137,11 @@ def test_report_renders_every_row_from_fixed_metrics(tmp_path):
     n = len(rows) + 2  # header, rule, one line per model: the primary judge's table first
     assert [line.split("|")[1].strip() for line in lines[2:n]] == ["base", "DM2", "ESD-x"]
     assert "| 5.0 |" in lines[3] and "| 50.0 |" in lines[4]  # DM2's Ratio, ESD-x's synonym Ratio
-    assert [line.split("|")[1].strip() for line in lines[n + 2 :]] == ["base", "DM2", "ESD-x"]  # the second judge's
+    assert [line.split("|")[1].strip() for line in lines[n + 2 : 2 * n]] == ["base", "DM2", "ESD-x"]  # the second judge's
     assert "| 80.0 |" in lines[n + 2]  # the base model's Ratio by the second judge
+    budget = [line.split("|")[1:3] for line in lines[2 * n + 2 :]]  # ASR against budget: attack, model
+    assert [(a.strip(), m.strip()) for a, m in budget[:3]] == [("CCE", "base"), ("CCE", "DM2"), ("CCE", "ESD-x")]
+    assert len(budget) == 4 * len(rows) and "| 10: 20.0, 20: 40.0 |" in lines[2 * n + 2]
     assert "base: Ratio world 90.0 vs geometric 80.0" in table
     assert (tmp_path / "reports" / "table.md").read_text() == table
     for png in ("radar.png", "grid.png", "asr_budget.png"):
