@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from dm2.config import load_params, parse_section
 from dm2.io import read_json
@@ -41,3 +42,32 @@ def test_readme_tables_are_the_committed_metrics(committed, table):
     }[table]()
     readme = (ROOT / "README.md").read_text()
     assert expected in readme, f"README.md's {table} table differs from metrics/; paste it from reports/table.md after `dvc repro report`"
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    """{"mine.epochs": 200, ...} from nested sections."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(leaves(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return out
+
+
+RESULT_STAGES = ("pool", "erase", "evaluate", "attack", "baseline@", "compare@", "evaluate_base", "attack_base")
+
+
+def test_committed_results_are_of_the_default_params():
+    """Every result stage in dvc.lock ran with the params.yaml of this commit, so the
+    figures above (and metrics/) are those of the defaults, not of an earlier setting."""
+    params = load_params(ROOT / "params.yaml")
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())["stages"]
+    checked = 0
+    for stage, entry in lock.items():
+        if not stage.startswith(RESULT_STAGES):
+            continue
+        recorded = entry.get("params", {}).get("params.yaml", {})
+        for key, value in leaves(recorded).items():
+            current = leaves(params).get(key)
+            assert current == value, f"dvc.lock's {stage} ran with {key}: {value!r}, params.yaml has {current!r}; rerun it (dvc repro)"
+        checked += 1
+    assert checked >= 8, f"dvc.lock records only {checked} result stages"
