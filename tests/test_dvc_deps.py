@@ -80,12 +80,24 @@ def test_no_stage_imports_another_stage():
         assert reached == [f"stages/{path.name}"], f"{path.name} imports {reached}"
 
 
-def test_shipped_world_stages_are_up_to_date():
-    """The world's weights and prompts, and the base model's side of the evaluation and the
-    attacks, ship in git (cache: false): a fresh clone's `dvc repro` must find their stages
-    up to date, or it retrains the world and re-measures the base model. A code change under
-    them that does not change what they compute is recorded with `dvc commit STAGE`."""
-    shipped = ["train_diffusion", "train_clip", "train_judge", "world_check", "prompts", "evaluate_base", "attack_base"]
+SHIPPED = ["train_diffusion", "train_clip", "train_judge", "world_check", "prompts", "evaluate_base", "attack_base"]
+SHIPPED_EACH = ["baseline", "compare"]  # foreach groups: one stage per compared method
+
+
+def test_shipped_stages_are_up_to_date():
+    """The world's weights and prompts, the base model's side of the evaluation and the
+    attacks, and the baselines with their measurements ship in git (cache: false): a fresh
+    clone's `dvc repro` must find their stages up to date, or it retrains the world and
+    re-measures what no DM2 setting changes. A code change under them that does not change
+    what they compute is recorded with `dvc commit STAGE`."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for group in SHIPPED_EACH:
+        for out in stages[group]["do"]["outs"]:
+            assert isinstance(out, dict) and next(iter(out.values())).get("cache") is False, (
+                f"dvc.yaml: {group}'s output {out} must be tracked by git (cache: false)"
+            )
+    methods = yaml.safe_load((ROOT / "params.yaml").read_text())["compare"]["methods"]
+    shipped = SHIPPED + [f"{group}@{m}" for group in SHIPPED_EACH for m in methods]
     done = subprocess.run(
         [sys.executable, "-m", "dvc", "status", "--json", *shipped], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
