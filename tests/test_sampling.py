@@ -18,5 +18,5 @@ def test_batched_branches_agree_with_two_calls(tiny_pipe):
     one = sample(tiny_pipe.unet, tiny_pipe.scheduler, cond, uncond, noise, 4, 5.0, batch_branches=True)
     hook.remove()
     assert calls == [3] * 8 + [6] * 4  # 4 steps: two calls of 3, then one call of 6
-    assert torch.allclose(one, two, atol=1e-5)
+    assert torch.allclose(one, two, rtol=1e-4, atol=1e-4)  # kernels for 3 and 6 rows sum in other orders (CPU-dependent)
     assert sample(tiny_pipe.unet, tiny_pipe.scheduler, cond, uncond, noise, 4, 5.0).equal(two)  # CPU default: two calls
