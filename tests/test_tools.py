@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from PIL import Image
 
@@ -92,3 +93,41 @@ def test_tradeoff_over_seeds_gives_mean_and_worst_seed_per_setting_and_attack():
     assert "| a | 2 | 2.0 (1.0) | 20.0 (30.0) | 10.0 (15.0) | 2.5 (4.0) | 2.5 (4.0) | 0.0 (0.0) | 0.0 (0.0) |" in table
     # the largest budget's ASR, mean (worst seed) per judge, then each seed's
     assert "| a | cce | 2 | 90.0 (100.0) | 30.0 (40.0) | seed0 80.0 / 40.0, seed1 100.0 / 20.0 |" in table
+
+
+def _exp_run(name: str, seed: int, ratio: float, tau: float = 0.2, tokens: int = 32, metrics: bool = True) -> dict:
+    params = {"erase": {"seed": seed, "lora_targets": ["to_v"]}, "verify": {"tau": tau}, "mine": {"tokens": tokens}}
+    judged = {"other_shapes_accuracy": 96.0, "second_judge": {"other_shapes_accuracy": 98.0, "ratio": ratio / 2}}
+    eval_json = {
+        "base": {"clip_score": 70.0, "fd": 4.0, "other_shapes_accuracy": 97.0, "second_judge": {"other_shapes_accuracy": 98.0}},
+        "erased": {"clip_score": 68.0, "fd": 5.0, "ratio": ratio, **judged},
+    }
+    erase_json = {"loops": 3, "circumvented": 2, "last_s": 0.1}
+    files = {"metrics/eval.json": {"data": eval_json}, "metrics/erase.json": {"data": erase_json}} if metrics else {}
+    return {"rev": f"{seed}{name}", "name": name, "data": {"params": {"params.yaml": {"data": params}}, "metrics": files}}
+
+
+def test_exp_trends_groups_runs_by_the_one_setting_they_change():
+    trends = _tool("exp_trends")
+    commit = _exp_run("main", 0, 10.0)
+    commit["experiments"] = [
+        {"revs": [_exp_run("def-s1", 1, 20.0)]},
+        {"revs": [_exp_run("tau-s0", 0, 70.0, tau=0.4)]},
+        {"revs": [_exp_run("tau-s1", 1, 50.0, tau=0.4)]},
+        {"revs": [_exp_run("queued", 2, 0.0, tau=0.4, metrics=False)]},  # not finished: left out
+        {"revs": [_exp_run("two", 2, 0.0, tau=0.4, tokens=8)]},  # two settings changed: in no ablation
+    ]
+    runs = trends.collect([{"rev": "workspace", "data": {}}, commit])
+    assert sorted(r["name"] for r in runs) == ["def-s1", "main", "tau-s0", "tau-s1", "two"]
+    assert runs[0]["clip_drop"] == 2.0 and runs[0]["fd_rise"] == 25.0 and runs[0]["acc_drop"] == 1.0
+    rows = trends.trend_rows(runs, {"verify.tau": 0.2, "mine.tokens": 32, "erase.lora_targets": ["to_v"]})
+    by = {(r["ablation"], r["setting"]): r for r in rows}
+    assert by[("tau (S3)", "0.4")]["seeds"] == [0, 1]
+    assert by[("tau (S3)", "0.4")]["ratio"] == "60.0 (70.0)"  # mean (worst seed)
+    # The defaults' runs stand in every ablation as its default setting.
+    for ablation, setting in [("tau (S3)", "0.2"), ("tokens (S4)", "32"), ("LoRA on (S6)", "`to_v`")]:
+        assert by[(ablation, f"{setting} (default)")]["ratio"] == "15.0 (20.0)"
+    assert not any(r["setting"] == "8" for r in rows)
+    commit["experiments"].append({"revs": [_exp_run("again", 1, 30.0, tau=0.4)]})
+    with pytest.raises(SystemExit, match="more than one run of erase seed"):
+        trends.trend_rows(trends.collect([commit]), {"verify.tau": 0.2, "mine.tokens": 32, "erase.lora_targets": ["to_v"]})

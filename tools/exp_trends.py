@@ -1,0 +1,144 @@
+"""The paper's ablation trends (Tables S3, S4, S6) from `dvc exp run`s of the pipeline.
+
+Each run is the pipeline up to `evaluate` with one setting changed and an erase seed:
+
+    dvc exp run --queue -S erase.seed=1 -S verify.tau=0.4 evaluate      # and so on
+    dvc queue start -j 2
+    dvc exp show --json > exps.json
+    python tools/exp_trends.py exps.json reports/dm2_settings/trends_pipeline_results.json
+
+The baseline commit's own run (the workspace's `metrics/`) counts as the defaults' seed.
+Prints a markdown table per ablation, mean (worst seed), `world` / second judge; writes
+every run's figures to the JSON file.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+# ablation -> (the params.yaml key it changes, the paper's table)
+ABLATIONS = {"tau (S3)": ("verify.tau", "S3"), "tokens (S4)": ("mine.tokens", "S4"), "LoRA on (S6)": ("erase.lora_targets", "S6")}
+SEED = "erase.seed"
+
+
+def _get(params: dict, dotted: str):
+    for key in dotted.split("."):
+        params = params[key]
+    return params
+
+
+def run_figures(name: str, params: dict, metrics: dict) -> dict:
+    """One run's settings and figures from its params.yaml and metrics files."""
+    ev, er = metrics["metrics/eval.json"], metrics["metrics/erase.json"]
+    base, erased = ev["base"], ev["erased"]
+    return {
+        "name": name,
+        **{key: _get(params, key) for key in [SEED, *(k for k, _ in ABLATIONS.values())]},
+        "loops": er["loops"],
+        "circumvented": er["circumvented"],
+        "last_s": er["last_s"],
+        "ratio": erased["ratio"],
+        "ratio_second": erased["second_judge"]["ratio"],
+        "acc_drop": base["other_shapes_accuracy"] - erased["other_shapes_accuracy"],
+        "acc_drop_second": base["second_judge"]["other_shapes_accuracy"] - erased["second_judge"]["other_shapes_accuracy"],
+        "clip_drop": base["clip_score"] - erased["clip_score"],
+        "fd_rise": 100 * (erased["fd"] / base["fd"] - 1),
+    }
+
+
+def collect(exp_show: list) -> list[dict]:
+    """Every finished run in `dvc exp show --json`'s output: the baseline commit's and its
+    experiments' (queued, running or failed ones have no metrics and are left out)."""
+    runs = []
+
+    def add(name: str, data: dict) -> None:
+        metrics = {path: m.get("data") for path, m in (data.get("metrics") or {}).items()}
+        if metrics.get("metrics/eval.json") and metrics.get("metrics/erase.json"):
+            runs.append(run_figures(name, data["params"]["params.yaml"]["data"], metrics))
+
+    for commit in exp_show:
+        if commit.get("rev") == "workspace":
+            continue
+        add(commit.get("name") or commit["rev"][:7], commit["data"])
+        for exp in commit.get("experiments") or []:
+            rev = exp["revs"][0]
+            add(rev.get("name") or rev["rev"][:7], rev["data"])
+    return runs
+
+
+def _setting(run: dict, defaults: dict) -> tuple[str, object] | None:
+    """(ablation, value) of a run that differs from the defaults in one ablation's key at
+    most (seed aside); ("", None) for the defaults themselves."""
+    changed = [(name, run[key]) for name, (key, _) in ABLATIONS.items() if run[key] != defaults[key]]
+    if len(changed) > 1:
+        return None
+    return changed[0] if changed else ("", None)
+
+
+def _stat(values: list[float], worst=max, digits: int = 1) -> str:
+    return f"{statistics.mean(values):.{digits}f} ({worst(values):.{digits}f})"
+
+
+def trend_rows(runs: list[dict], defaults: dict) -> list[dict]:
+    """Per ablation and setting (the defaults in every ablation): the seeds' runs, summed up
+    as mean (worst seed)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in runs:
+        setting = _setting(run, defaults)
+        if setting is None:
+            continue
+        name, value = setting
+        for ablation, (key, _) in ABLATIONS.items():
+            if name in ("", ablation):
+                label = _label(run[key]) + (" (default)" if name == "" else "")
+                groups.setdefault((ablation, label), []).append(run)
+    rows = []
+    for (ablation, label), group in groups.items():
+        seeds = sorted(r[SEED] for r in group)
+        if len(set(seeds)) != len(seeds):
+            raise SystemExit(f"{ablation} {label}: more than one run of erase seed(s) {seeds}")
+        col = lambda k: [r[k] for r in group]  # noqa: E731
+        rows.append({
+            "ablation": ablation, "setting": label, "seeds": seeds,
+            "loops": f"{statistics.mean(col('loops')):.1f} ({min(col('loops'))})",
+            "ratio": _stat(col("ratio")), "ratio_second": _stat(col("ratio_second")),
+            "acc_drop": f"{_stat(col('acc_drop'))} / {_stat(col('acc_drop_second'))}",
+            "clip_drop": _stat(col("clip_drop"), digits=2), "fd_rise": _stat(col("fd_rise"), digits=0),
+        })  # fmt: skip
+    order = list(ABLATIONS)
+    return sorted(rows, key=lambda r: (order.index(r["ablation"]), r["setting"].endswith("(default)"), r["setting"]))
+
+
+def _label(value) -> str:
+    return ", ".join(f"`{v}`" for v in value) if isinstance(value, list) else str(value)
+
+
+def markdown(rows: list[dict]) -> str:
+    head = "| ablation | setting | seeds | loops mean (fewest) | Ratio world | Ratio geom. | other-shape acc. drop world / geom. | CLIP drop | FD rise % |"
+    lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        seeds = ", ".join(map(str, r["seeds"]))
+        lines.append(
+            f"| {r['ablation']} | {r['setting']} | {seeds} | {r['loops']} | {r['ratio']} | {r['ratio_second']} | {r['acc_drop']} | {r['clip_drop']} | {r['fd_rise']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python tools/exp_trends.py EXP_SHOW.json OUT.json")
+    import yaml
+
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    defaults = {key: _get(params, key) for key, _ in ABLATIONS.values()}
+    runs = collect(json.loads(Path(sys.argv[1]).read_text()))
+    rows = trend_rows(runs, defaults)
+    Path(sys.argv[2]).write_text(json.dumps({"runs": runs, "trends": rows}, indent=1) + "\n")
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()
