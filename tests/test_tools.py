@@ -131,3 +131,58 @@ def test_exp_trends_groups_runs_by_the_one_setting_they_change():
     commit["experiments"].append({"revs": [_exp_run("again", 1, 30.0, tau=0.4)]})
     with pytest.raises(SystemExit, match="more than one run of erase seed"):
         trends.trend_rows(trends.collect([commit]), {"verify.tau": 0.2, "mine.tokens": 32, "erase.lora_targets": ["to_v"]})
+
+
+def test_cce_routes_census_counts_every_image_in_the_concepts_head(tiny_pipe):
+    routes = _tool("cce_routes")
+    judges = {"red": ChannelJudge(0), "green": ChannelJudge(1)}
+    counts = routes.empty_prompt_census(tiny_pipe, judges, "circle", n=6, steps=2)
+    images = routes.generate(tiny_pipe, routes.encode_prompts(tiny_pipe, [""]).expand(6, -1, -1), 123, 2, 1.0)
+    for name, judge in judges.items():
+        circles = int((judge.probs(images)["shape"].argmax(-1) == 0).sum())
+        assert counts[name] == {"circle": circles, "square": 6 - circles}
+
+
+def test_cce_routes_unconditional_losses_add_the_empty_prompts_terms():
+    """With the empty prompt's states equal to c's, its pull to the anchor equals c's, so l_c
+    doubles; l_p is 0 while the adapters are the identity, and above it once they move."""
+    from dm2.dark_miner import circumvent_losses, circumvent_states
+    from dm2.lora import add_lora
+    from dm2.world_models import world_scheduler
+    from tests.conftest import TINY_WIDTH, tiny_unet
+
+    routes = _tool("cce_routes")
+    unet = tiny_unet()
+    params = add_lora(unet, rank=4, seed=0)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(2, 4, 8, 8, generator=g)
+    states = circumvent_states(torch.randn(1, 6, TINY_WIDTH, generator=g), torch.randn(1, 6, TINY_WIDTH, generator=g), lambda e: e)
+    keep = (torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, TINY_WIDTH, generator=g))
+    with torch.no_grad():
+        stock_c, _ = circumvent_losses(unet, world_scheduler(), x0, states, torch.Generator().manual_seed(5), keep)
+        for null_on_keep in (False, True):
+            l_c, l_p = routes.unconditional_losses(unet, world_scheduler(), x0, states, torch.Generator().manual_seed(5), keep, states[0:1], null_on_keep)
+            torch.testing.assert_close(l_c, 2 * stock_c)
+            assert l_p == 0
+        for q in params:
+            q.normal_(0, 0.1)
+        moved = [routes.unconditional_losses(unet, world_scheduler(), x0, states, torch.Generator().manual_seed(5), keep, states[0:1], n)[1] for n in (False, True)]
+    assert min(moved) > 0 and moved[0] != moved[1]
+    with pytest.raises(ValueError, match="circumvent.preserve"):
+        routes.unconditional_losses(unet, world_scheduler(), x0, states, g, None, states[0:1])
+
+
+def test_cce_routes_deep_lora_adapts_feed_forward_and_resnets(monkeypatch):
+    import dm2.erasure
+    from tests.conftest import tiny_unet
+
+    routes = _tool("cce_routes")
+    monkeypatch.setattr(dm2.erasure, "add_lora", dm2.erasure.add_lora)  # restored after the test
+    routes.apply_variant("deep_lora")
+    unet = tiny_unet()
+    dm2.erasure.add_lora(unet, 4, ("to_v",), seed=0)
+    adapted = {n.rsplit(".lora_", 1)[0] for n, _ in unet.named_parameters() if "lora_A" in n}
+    assert any(".ff.net.2" in n for n in adapted) and any("resnets.0.conv1" in n for n in adapted)
+    assert any("attn2.to_v" in n for n in adapted) and not any("to_k" in n or "to_q" in n for n in adapted)
+    with pytest.raises(SystemExit, match="not one of"):
+        routes.apply_variant("wider")
