@@ -9,6 +9,9 @@ import torch
 from PIL import Image
 
 from dm2.io import load_tensors
+from dm2.params import UnetParams, WorldParams
+from dm2.training import world_split
+from dm2.world import BACKGROUNDS, COLOURS, TEXTURES
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,3 +189,15 @@ def test_cce_routes_deep_lora_adapts_feed_forward_and_resnets(monkeypatch):
     assert any("attn2.to_v" in n for n in adapted) and not any("to_k" in n or "to_q" in n for n in adapted)
     with pytest.raises(SystemExit, match="not one of"):
         routes.apply_variant("wider")
+
+
+def test_retrained_drops_every_concept_image_and_trains_on_the_rest(tiny_pipe):
+    retrained = _tool("retrained")
+    world = WorldParams(train_images=40, colours=list(COLOURS), backgrounds=list(BACKGROUNDS), textures=list(TEXTURES))
+    circles = sum(s.shape == "circle" for s in world_split(world, "train")[1])
+    unet_p = UnetParams(steps=2, batch_size=4, lr=1e-3, channels=[32, 32])
+    pipe, info = retrained.retrain_without("circle", world, unet_p, tiny_pipe.vae)
+    assert circles > 0 and info["removed"] == circles and info["images"] == 40 - circles
+    assert pipe.vae is tiny_pipe.vae and not any(p.requires_grad for p in pipe.unet.parameters())
+    with pytest.raises(SystemExit, match="concept.name"):
+        retrained.retrain_without("hexagon", world, unet_p, tiny_pipe.vae)
