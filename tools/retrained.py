@@ -4,9 +4,9 @@ oracle). No erasure method can beat a model that never saw the concept, so what 
 gets on it, and what it loses on the other shapes and held-out captions, bounds what DM2's
 goals can ask of the world.
 
-    python tools/retrained.py train OUT [--steps N]
+    python tools/retrained.py train OUT [--steps N] [--seed N]
         trains on the shipped VAE's latents of every training image whose shape is not
-        `concept.name`, with `train_unet`'s params and seed; writes OUT/sd (a pipeline
+        `concept.name`, with `train_unet`'s params and `world.seed` (or --seed); writes OUT/sd (a pipeline
         folder, float32) and OUT/train.json
     python tools/retrained.py measure OUT [--attacks cce unlearndiff ring_a_bell]
         tools/dm2_tradeoff.py's reduced evaluation and the attacks at full strength on
@@ -41,9 +41,12 @@ from dm2.world_models import assemble_pipeline  # noqa: E402
 from dm2.world_training import train_text_unet  # noqa: E402
 
 
-def retrain_without(concept: str, world: WorldParams, unet_p: UnetParams, vae: AutoencoderKL) -> tuple[StableDiffusionPipeline, dict]:
-    """Text encoder and UNet trained as `train_diffusion` trains them, on `vae`'s latents of
-    the training images whose shape is not `concept` (empty backgrounds kept)."""
+def retrain_without(
+    concept: str, world: WorldParams, unet_p: UnetParams, vae: AutoencoderKL, seed: int | None = None
+) -> tuple[StableDiffusionPipeline, dict]:
+    """Text encoder and UNet trained as `train_diffusion` trains them (from `seed`, default
+    `world.seed`), on `vae`'s latents of the training images whose shape is not `concept`
+    (empty backgrounds kept)."""
     start = time.time()
     images, samples = world_split(world, "train")
     kept = [i for i, s in enumerate(samples) if s.shape != concept]
@@ -53,7 +56,7 @@ def retrain_without(concept: str, world: WorldParams, unet_p: UnetParams, vae: A
         x = images[kept]
         latents = torch.cat([vae.encode(x[i : i + 512] * 2 - 1).latent_dist.mean for i in range(0, len(x), 512)])
     latents = latents * vae.config.scaling_factor
-    text_encoder, unet, losses = train_text_unet(latents, [samples[i].caption for i in kept], unet_p, world.seed)
+    text_encoder, unet, losses = train_text_unet(latents, [samples[i].caption for i in kept], unet_p, world.seed if seed is None else seed)
     info = {
         "images": len(kept),
         "removed": len(samples) - len(kept),
@@ -68,6 +71,7 @@ def main() -> None:
     parser.add_argument("command", choices=["train", "measure"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, help="train_unet.steps for the retraining (default: the params')")
+    parser.add_argument("--seed", type=int, help="the retraining's seed (default: world.seed, the shipped model's)")
     parser.add_argument("--attacks", nargs="*", default=["cce"])
     args = parser.parse_args()
     if "p4d" in args.attacks:
@@ -80,9 +84,9 @@ def main() -> None:
         if args.steps is not None:
             unet_p = replace(unet_p, steps=args.steps)
         vae = load_pipeline(params["models"]["diffusion"]).vae
-        pipe, info = retrain_without(concept, world, unet_p, vae)
+        pipe, info = retrain_without(concept, world, unet_p, vae, args.seed)
         pipe.save_pretrained(args.out / "sd", safe_serialization=True)
-        write_json(info | {"steps": unet_p.steps}, args.out / "train.json")
+        write_json(info | {"steps": unet_p.steps, "seed": world.seed if args.seed is None else args.seed}, args.out / "train.json")
         print(json.dumps(info), flush=True)
         return
     tradeoff = runpy.run_path(str(Path(__file__).with_name("dm2_tradeoff.py")))
