@@ -191,6 +191,45 @@ def test_cce_routes_deep_lora_adapts_feed_forward_and_resnets(monkeypatch):
         routes.apply_variant("wider")
 
 
+def test_cce_routes_cross_attention_v_adapts_cross_attention_values_only(monkeypatch):
+    import dm2.erasure
+    from tests.conftest import tiny_unet
+
+    routes = _tool("cce_routes")
+    monkeypatch.setattr(dm2.erasure, "add_lora", dm2.erasure.add_lora)
+    routes.apply_variant("cross_attention_v")
+    unet = tiny_unet()
+    dm2.erasure.add_lora(unet, 4, ("to_v",), seed=0)
+    adapted = {n.rsplit(".lora_", 1)[0] for n, _ in unet.named_parameters() if "lora_A" in n}
+    assert adapted and all(n.endswith("attn2.to_v") for n in adapted)
+
+
+def test_cce_routes_synonym_init_starts_each_candidate_from_a_synonym(monkeypatch, tiny_pipe, tiny_clip):
+    import dm2.erasure
+    from dm2.diffusion import prompt_token_embeddings
+    from dm2.params import PoolParams
+    from stages.pool import make_pool
+    from tests.test_erase import settings
+
+    routes = _tool("cce_routes")
+    starts = []
+
+    def recording_mine(unet, scheduler, latents, init, *args):
+        starts.append(init.clone())
+        return init.clone(), [0.0]
+
+    monkeypatch.setattr(dm2.erasure, "mine", recording_mine)
+    monkeypatch.setattr(dm2.erasure.DarkMiner, "__init__", dm2.erasure.DarkMiner.__init__)
+    routes.apply_variant("synonym_init")
+    s = settings(max_loops=1)
+    s.mine.candidates = 4
+    pool = make_pool(tiny_pipe, "a circle photo", PoolParams(size=4, steps=2, guidance=2.0, seed=0))
+    dm2.erasure.DarkMiner(tiny_pipe, tiny_clip, pool[0], pool[1], s).run(dm2.erasure.EraseState("test"))
+    expected = [prompt_token_embeddings(tiny_pipe, f"a {w} photo")[:, 1:5] for w in ("circle", "ball", "disk", "circle")]
+    assert len(starts) == 4 and all(torch.equal(a, b) for a, b in zip(starts, expected))
+    assert not torch.equal(starts[0], starts[1])
+
+
 def test_retrained_drops_every_concept_image_and_trains_on_the_rest(tiny_pipe):
     retrained = _tool("retrained")
     world = WorldParams(train_images=40, colours=list(COLOURS), backgrounds=list(BACKGROUNDS), textures=list(TEXTURES))

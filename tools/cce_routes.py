@@ -10,6 +10,10 @@
             images x to the anchor's (as c's), and holds it on the preserved prompts' images;
         unconditional_null_keep: as unconditional, with 0*c and -c held on the preserved
             prompts' images instead of on x.
+        cross_attention_v: the LoRA on cross-attention's to_v only (the defaults: every
+            attention's, self-attention included, as the paper);
+        synonym_init: mining candidate j starts from "a {s} photo" for the concept's j-th world
+            synonym (cycled) instead of from the pool prompt.
 
 The variants are experiments, not options of the pipeline: `sweep` swaps dm2's functions for
 that one process. README "DM2 settings over seeds" has what they measured.
@@ -32,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dm2.dark_miner  # noqa: E402
 import dm2.erasure  # noqa: E402
 from dm2.config import load_params, parse_section  # noqa: E402
-from dm2.diffusion import encode_prompts, generate, load_pipeline, noised  # noqa: E402
+from dm2.diffusion import encode_prompts, generate, load_pipeline, noised, prompt_token_embeddings  # noqa: E402
 from dm2.io import write_json  # noqa: E402
 from dm2.judge import Judge, load_judges  # noqa: E402
 from dm2.lora import adapters_disabled, load_lora_into  # noqa: E402
@@ -40,7 +44,7 @@ from dm2.params import ModelsParams  # noqa: E402
 
 # to_v of self- and cross-attention (the defaults), the feed-forward layers, the resnets' convs
 DEEP_TARGETS = r".*(\.attn[12]\.to_v|\.ff\.net\.(0\.proj|2)|resnets\.\d+\.conv[12])"
-VARIANTS = ("deep_lora", "unconditional", "unconditional_null_keep")
+VARIANTS = ("deep_lora", "cross_attention_v", "synonym_init", "unconditional", "unconditional_null_keep")
 
 
 def empty_prompt_census(pipe, judges: dict[str, Judge], concept: str, n: int, seed: int = 123, steps: int = 25) -> dict[str, dict[str, int]]:
@@ -98,9 +102,25 @@ def unconditional_losses(
 
 def apply_variant(variant: str) -> None:
     """Swap the part of DM2 that `variant` replaces, for this process."""
-    if variant == "deep_lora":
-        add_lora = dm2.erasure.add_lora
-        dm2.erasure.add_lora = lambda unet, rank, targets=("to_v",), seed=None: add_lora(unet, rank, DEEP_TARGETS, seed=seed)
+    if variant in ("deep_lora", "cross_attention_v"):
+        add_lora, targets = dm2.erasure.add_lora, DEEP_TARGETS if variant == "deep_lora" else ("attn2.to_v",)
+        dm2.erasure.add_lora = lambda unet, rank, _=("to_v",), seed=None: add_lora(unet, rank, targets, seed=seed)
+        return
+    if variant == "synonym_init":
+        params = load_params()
+        synonyms = params["world"]["synonyms"][params["concept"]["name"]]
+        init, mine = dm2.erasure.DarkMiner.__init__, dm2.erasure.mine
+        starts: list[torch.Tensor] = []
+
+        def init_from_synonyms(self, pipe, *args, **kwargs) -> None:
+            init(self, pipe, *args, **kwargs)
+            starts[:] = [prompt_token_embeddings(pipe, f"a {s} photo")[:, 1 : 1 + self.settings.mine.tokens] for s in synonyms]
+
+        def mine_from_synonym(unet, scheduler, latents, _init, encode, p, g, what, max_norm):
+            j = int(what.rsplit(" ", 1)[1])  # DarkMiner.loop names candidate j "loop i mine j"
+            return mine(unet, scheduler, latents, starts[j % len(starts)], encode, p, g, what, max_norm)
+
+        dm2.erasure.DarkMiner.__init__, dm2.erasure.mine = init_from_synonyms, mine_from_synonym
         return
     if variant not in VARIANTS:
         raise SystemExit(f"variant: {variant!r} is not one of {list(VARIANTS)}")
