@@ -32,6 +32,10 @@ def concept_stages() -> list[str]:
 
 
 def run_stage(stage: str) -> float:
+    if stage == "erase":
+        # `erase` keeps a checkpoint (a persist output) and would resume from its last loop:
+        # remove it so the stage runs every loop, as a fresh run does. It is written again.
+        (ROOT / "artifacts/methods/dm2/checkpoint.safetensors").unlink(missing_ok=True)
     start = time.time()
     done = subprocess.run(
         ["dvc", "repro", "--force", "--single-item", stage], cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
