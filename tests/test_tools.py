@@ -240,3 +240,23 @@ def test_retrained_drops_every_concept_image_and_trains_on_the_rest(tiny_pipe):
     assert pipe.vae is tiny_pipe.vae and not any(p.requires_grad for p in pipe.unet.parameters())
     with pytest.raises(SystemExit, match="concept.name"):
         retrained.retrain_without("hexagon", world, unet_p, tiny_pipe.vae)
+
+
+def test_tradeoff_map_sums_up_each_setting_over_its_seeds_and_skips_unattacked_ones():
+    tradeoff_map = _tool("tradeoff_map")
+
+    def run(clip, acc, cce=None):
+        r = {"eval": {"clip_score": clip, "other_shapes_accuracy": acc}, "asr": {}}
+        if cce is not None:
+            r["asr"]["cce"] = {"budgets": [1, 2], "world": [0.0, cce], "geometric": [0.0, cce / 2]}
+        return r
+
+    results = {"base": run(70.0, 98.0), "a/seed0": run(69.0, 97.0, 40.0), "a/seed1": run(67.0, 98.0, 80.0),
+               "b/seed0": run(69.5, 98.0, 90.0), "b/seed1": run(69.5, 98.0), "protocol": "reduced"}  # fmt: skip
+    points = tradeoff_map.setting_points(results, "r.json")
+    # b's seed 1 ran no attack: b is left out rather than summed up over one seed
+    assert [p["name"] for p in points] == ["a"]
+    assert points[0]["clip_drop"] == [1.0, 3.0] and points[0]["asr"]["cce"] == {"world": [40.0, 80.0], "geometric": [20.0, 40.0]}
+    table = tradeoff_map.markdown(points, ["world", "geometric"])
+    # mean (worst seed) of CLIP drop, accuracy drop and each judge's ASR; no UnlearnDiff ran
+    assert "| a | r.json | 2 | 2.00 (3.00) | 0.5 (1.0) | 60.0 (80.0) | 30.0 (40.0) | - | - |" in table
