@@ -105,7 +105,7 @@ def _exp_run(name: str, seed: int, ratio: float, tau: float = 0.2, tokens: int =
         "base": {"clip_score": 70.0, "fd": 4.0, "other_shapes_accuracy": 97.0, "second_judge": {"other_shapes_accuracy": 98.0}},
         "erased": {"clip_score": 68.0, "fd": 5.0, "ratio": ratio, **judged},
     }
-    erase_json = {"loops": 3, "circumvented": 2, "last_s": 0.1}
+    erase_json = {"loops": 3, "circumvented": 2, "last_s": 0.1, "stopped_by": "verification"}
     files = {"metrics/eval.json": {"data": eval_json}, "metrics/erase.json": {"data": erase_json}} if metrics else {}
     return {"rev": f"{seed}{name}", "name": name, "data": {"params": {"params.yaml": {"data": params}}, "metrics": files}}
 
@@ -120,12 +120,12 @@ def test_exp_trends_groups_runs_by_the_one_setting_they_change():
         {"revs": [_exp_run("queued", 2, 0.0, tau=0.4, metrics=False)]},  # not finished: left out
         {"revs": [_exp_run("two", 2, 0.0, tau=0.4, tokens=8)]},  # two settings changed: in no ablation
     ]
-    runs = trends.collect([{"rev": "workspace", "data": {}}, commit])
+    runs = trends.collect([{"rev": "workspace", "data": {}}, commit], scores=lambda rev: [0.5, 0.1])
     assert sorted(r["name"] for r in runs) == ["def-s1", "main", "tau-s0", "tau-s1", "two"]
     assert runs[0]["clip_drop"] == 2.0 and runs[0]["fd_rise"] == 25.0 and runs[0]["acc_drop"] == 1.0
     rows = trends.trend_rows(runs, {"verify.tau": 0.2, "mine.tokens": 32, "erase.lora_targets": ["to_v"]})
     by = {(r["ablation"], r["setting"]): r for r in rows}
-    assert by[("tau (S3)", "0.4")]["seeds"] == [0, 1]
+    assert by[("tau (S3)", "0.4")]["seeds"] == ["0", "1"]
     assert by[("tau (S3)", "0.4")]["ratio"] == "60.0 (70.0)"  # mean (worst seed)
     # The defaults' runs stand in every ablation as its default setting.
     for ablation, setting in [("tau (S3)", "0.2"), ("tokens (S4)", "32"), ("LoRA on (S6)", "`to_v`")]:
@@ -133,7 +133,32 @@ def test_exp_trends_groups_runs_by_the_one_setting_they_change():
     assert not any(r["setting"] == "8" for r in rows)
     commit["experiments"].append({"revs": [_exp_run("again", 1, 30.0, tau=0.4)]})
     with pytest.raises(SystemExit, match="more than one run of erase seed"):
-        trends.trend_rows(trends.collect([commit]), {"verify.tau": 0.2, "mine.tokens": 32, "erase.lora_targets": ["to_v"]})
+        trends.trend_rows(trends.collect([commit], scores=lambda rev: [0.5, 0.1]), {"verify.tau": 0.2, "mine.tokens": 32, "erase.lora_targets": ["to_v"]})
+    with pytest.raises(SystemExit, match="2 baseline commits"):
+        trends.collect([commit, _exp_run("older", 0, 10.0)], scores=lambda rev: [0.5, 0.1])
+
+
+def test_exp_trends_fills_a_missing_tau_with_the_run_whose_loops_are_that_taus():
+    trends = _tool("exp_trends")
+    defaults = {"verify.tau": 0.1, "mine.tokens": 32, "erase.lora_targets": ["to_v"]}
+    commit = _exp_run("main", 0, 10.0, tau=0.1)  # s(c) 0.55, 0.56, -0.08: the same loops at any tau up to 0.55
+    commit["experiments"] = [
+        {"revs": [_exp_run("d-s1", 1, 6.0, tau=0.1)]},  # 0.69, 0.74, 0.23, 0.35, 0.05
+        {"revs": [_exp_run("t3-s1", 1, 15.0, tau=0.3)]},  # 0.69, 0.74, 0.23: stops at 0.23
+        {"revs": [_exp_run("t2-s0", 0, 99.0, tau=0.2)]},  # a run of its own is kept, never replaced
+    ]
+    scores = {"0main": [0.55, 0.56, -0.08], "1d-s1": [0.69, 0.74, 0.23, 0.35, 0.05], "1t3-s1": [0.69, 0.74, 0.23], "0t2-s0": [0.55, 0.56, -0.08]}
+    runs = trends.with_stand_ins(trends.collect([commit], scores=scores.__getitem__), defaults)
+    stand_ins = {(r["erase.seed"], r["verify.tau"]): r["same_as"] for r in runs if r["same_as"]}
+    # seed 0 at 0.3: main; seed 1 at 0.2: d-s1 (0.23 and 0.35 are over 0.2, 0.05 under);
+    # seed 1 at 0.1 and 0.2 are not t3-s1 (it stopped at 0.23, over both)
+    assert stand_ins == {(0, 0.3): "main", (1, 0.2): "d-s1"}
+    rows = {(r["ablation"], r["setting"]): r for r in trends.trend_rows(runs, defaults)}
+    assert rows[("tau (S3)", "0.3")]["seeds"] == ["0*", "1"] and rows[("tau (S3)", "0.3")]["ratio"] == "12.5 (15.0)"
+    assert rows[("tau (S3)", "0.2")]["seeds"] == ["0", "1*"] and rows[("tau (S3)", "0.2")]["ratio"] == "52.5 (99.0)"
+    # a stop by max_loops is the same run at every tau under all of its scores
+    capped = {"scores": [0.5, 0.4], "stopped_by": "max_loops"}
+    assert trends.same_loops(capped, 0.3) and not trends.same_loops(capped, 0.45)
 
 
 def test_cce_routes_census_counts_every_image_in_the_concepts_head(tiny_pipe):

@@ -8,20 +8,30 @@ Each run is the pipeline up to `evaluate` with one setting changed and an erase 
     python tools/exp_trends.py exps.json reports/dm2_settings/trends_pipeline_results.json
 
 The baseline commit's own run (the workspace's `metrics/`) counts as the defaults' seed.
+Only one baseline commit may be in EXP_SHOW.json (`dvc exp show --json --rev REV`).
 Prints a markdown table per ablation, mean (worst seed), `world` / second judge; writes
 every run's figures to the JSON file.
+
+A run at one tau is, loop for loop, the run at another tau of the same seed and settings
+when its loops' s(c) say so (every loop's randomness comes from the seed and the loop
+index): every circumvented loop scored above both taus and the stopping one at or under
+both. Such a (seed, tau) with no run of its own is filled by that run, marked `*` in the
+seeds column; the runs' s(c) are read from their commits' `plots/erase_s.json`.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # ablation -> (the params.yaml key it changes, the paper's table)
 ABLATIONS = {"tau (S3)": ("verify.tau", "S3"), "tokens (S4)": ("mine.tokens", "S4"), "LoRA on (S6)": ("erase.lora_targets", "S6")}
 SEED = "erase.seed"
+TAU = "verify.tau"
 
 
 def _get(params: dict, dotted: str):
@@ -30,16 +40,19 @@ def _get(params: dict, dotted: str):
     return params
 
 
-def run_figures(name: str, params: dict, metrics: dict) -> dict:
-    """One run's settings and figures from its params.yaml and metrics files."""
+def run_figures(name: str, params: dict, metrics: dict, scores: list[float]) -> dict:
+    """One run's settings and figures from its params.yaml and metrics files, and its loops' s(c)."""
     ev, er = metrics["metrics/eval.json"], metrics["metrics/erase.json"]
     base, erased = ev["base"], ev["erased"]
     return {
         "name": name,
+        "same_as": None,
         **{key: _get(params, key) for key in [SEED, *(k for k, _ in ABLATIONS.values())]},
         "loops": er["loops"],
         "circumvented": er["circumvented"],
         "last_s": er["last_s"],
+        "stopped_by": er["stopped_by"],
+        "scores": scores,
         "ratio": erased["ratio"],
         "ratio_second": erased["second_judge"]["ratio"],
         "acc_drop": base["other_shapes_accuracy"] - erased["other_shapes_accuracy"],
@@ -49,24 +62,61 @@ def run_figures(name: str, params: dict, metrics: dict) -> dict:
     }
 
 
-def collect(exp_show: list) -> list[dict]:
+def git_scores(rev: str) -> list[float]:
+    """A run's loops' s(c), from its commit's `plots/erase_s.json`."""
+    text = subprocess.run(["git", "show", f"{rev}:plots/erase_s.json"], capture_output=True, text=True, check=True).stdout
+    return [row["s"] for row in json.loads(text)]
+
+
+def collect(exp_show: list, scores: Callable[[str], list[float]] = git_scores) -> list[dict]:
     """Every finished run in `dvc exp show --json`'s output: the baseline commit's and its
     experiments' (queued, running or failed ones have no metrics and are left out)."""
     runs = []
 
-    def add(name: str, data: dict) -> None:
+    def add(entry: dict) -> None:
+        data = entry["data"]
         metrics = {path: m.get("data") for path, m in (data.get("metrics") or {}).items()}
         if metrics.get("metrics/eval.json") and metrics.get("metrics/erase.json"):
-            runs.append(run_figures(name, data["params"]["params.yaml"]["data"], metrics))
+            name = entry.get("name") or entry["rev"][:7]
+            runs.append(run_figures(name, data["params"]["params.yaml"]["data"], metrics, scores(entry["rev"])))
 
-    for commit in exp_show:
-        if commit.get("rev") == "workspace":
-            continue
-        add(commit.get("name") or commit["rev"][:7], commit["data"])
+    commits = [c for c in exp_show if c.get("rev") != "workspace"]
+    if len(commits) > 1:
+        raise SystemExit(f"{len(commits)} baseline commits in the exp show output; use `dvc exp show --json --rev REV`")
+    for commit in commits:
+        add(commit)
         for exp in commit.get("experiments") or []:
-            rev = exp["revs"][0]
-            add(rev.get("name") or rev["rev"][:7], rev["data"])
+            add(exp["revs"][0])
     return runs
+
+
+def same_loops(run: dict, tau: float) -> bool:
+    """Whether `run` is, loop for loop, the run at `tau`: circumventing happens at s(c) > tau
+    and the loop stops at s(c) <= tau, so every loop but a verification stop scored above
+    tau and that stop at or under it."""
+    scores = run["scores"]
+    if run["stopped_by"] == "verification":
+        return all(s > tau for s in scores[:-1]) and scores[-1] <= tau
+    return all(s > tau for s in scores)
+
+
+def with_stand_ins(runs: list[dict], defaults: dict) -> list[dict]:
+    """`runs` plus, for each tau run and seed with no run at that tau, a measured run of the
+    seed (tau aside, the defaults) whose loops are that tau's (`same_loops`)."""
+    others = [k for k, _ in ABLATIONS.values() if k != TAU]
+    tau_runs = [r for r in runs if all(r[k] == defaults[k] for k in others)]
+    taus = sorted({r[TAU] for r in tau_runs})
+    added = []
+    for seed in sorted({r[SEED] for r in tau_runs}):
+        mine = [r for r in tau_runs if r[SEED] == seed]
+        for tau in taus:
+            if any(r[TAU] == tau for r in mine):
+                continue
+            for r in mine:
+                if same_loops(r, tau):
+                    added.append(r | {TAU: tau, "same_as": r["name"], "name": f"{r['name']} as tau {tau}"})
+                    break
+    return runs + added
 
 
 def _setting(run: dict, defaults: dict) -> tuple[str, object] | None:
@@ -97,12 +147,13 @@ def trend_rows(runs: list[dict], defaults: dict) -> list[dict]:
                 groups.setdefault((ablation, label), []).append(run)
     rows = []
     for (ablation, label), group in groups.items():
-        seeds = sorted(r[SEED] for r in group)
+        group.sort(key=lambda r: r[SEED])
+        seeds = [r[SEED] for r in group]
         if len(set(seeds)) != len(seeds):
             raise SystemExit(f"{ablation} {label}: more than one run of erase seed(s) {seeds}")
         col = lambda k: [r[k] for r in group]  # noqa: E731
         rows.append({
-            "ablation": ablation, "setting": label, "seeds": seeds,
+            "ablation": ablation, "setting": label, "seeds": [f"{r[SEED]}*" if r["same_as"] else str(r[SEED]) for r in group],
             "loops": f"{statistics.mean(col('loops')):.1f} ({min(col('loops'))})",
             "ratio": _stat(col("ratio")), "ratio_second": _stat(col("ratio_second")),
             "acc_drop": f"{_stat(col('acc_drop'))} / {_stat(col('acc_drop_second'))}",
@@ -120,7 +171,7 @@ def markdown(rows: list[dict]) -> str:
     head = "| ablation | setting | seeds | loops mean (fewest) | Ratio world | Ratio geom. | other-shape acc. drop world / geom. | CLIP drop | FD rise % |"
     lines = [head, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        seeds = ", ".join(map(str, r["seeds"]))
+        seeds = ", ".join(r["seeds"])
         lines.append(
             f"| {r['ablation']} | {r['setting']} | {seeds} | {r['loops']} | {r['ratio']} | {r['ratio_second']} | {r['acc_drop']} | {r['clip_drop']} | {r['fd_rise']} |"
         )
@@ -134,10 +185,13 @@ def main() -> None:
 
     params = yaml.safe_load(Path("params.yaml").read_text())
     defaults = {key: _get(params, key) for key, _ in ABLATIONS.values()}
-    runs = collect(json.loads(Path(sys.argv[1]).read_text()))
+    runs = with_stand_ins(collect(json.loads(Path(sys.argv[1]).read_text())), defaults)
     rows = trend_rows(runs, defaults)
     Path(sys.argv[2]).write_text(json.dumps({"runs": runs, "trends": rows}, indent=1) + "\n")
     print(markdown(rows))
+    for r in runs:
+        if r["same_as"]:
+            print(f"* seed {r[SEED]} at tau {r[TAU]}: the run {r['same_as']} (s(c) {', '.join(f'{x:.3f}' for x in r['scores'])})")
 
 
 if __name__ == "__main__":
