@@ -134,8 +134,10 @@ def test_exp_trends_groups_runs_by_the_one_setting_they_change():
     commit["experiments"].append({"revs": [_exp_run("again", 1, 30.0, tau=0.4)]})
     with pytest.raises(SystemExit, match="more than one run of erase seed"):
         trends.trend_rows(trends.collect([commit], scores=lambda rev: [0.5, 0.1]), {"verify.tau": 0.2, "mine.tokens": 32, "erase.lora_targets": ["to_v"]})
-    with pytest.raises(SystemExit, match="2 baseline commits"):
-        trends.collect([commit, _exp_run("older", 0, 10.0)], scores=lambda rev: [0.5, 0.1])
+    # an older commit (`-n 2`) gives its experiments, not its own run a second time
+    older = _exp_run("older", 0, 10.0) | {"experiments": [{"revs": [_exp_run("old-s2", 2, 5.0)]}]}
+    names = [r["name"] for r in trends.collect([commit, older], scores=lambda rev: [0.5, 0.1])]
+    assert "old-s2" in names and "older" not in names and names.count("main") == 1
 
 
 def test_exp_trends_fills_a_missing_tau_with_the_run_whose_loops_are_that_taus():

@@ -8,7 +8,8 @@ Each run is the pipeline up to `evaluate` with one setting changed and an erase 
     python tools/exp_trends.py exps.json reports/dm2_settings/trends_pipeline_results.json
 
 The baseline commit's own run (the workspace's `metrics/`) counts as the defaults' seed.
-Only one baseline commit may be in EXP_SHOW.json (`dvc exp show --json --rev REV`).
+With several commits (`dvc exp show --json -n N`, experiments queued on older ones), the
+newest commit's own run is the defaults' seed and the older ones give their experiments only.
 Prints a markdown table per ablation, mean (worst seed), `world` / second judge; writes
 every run's figures to the JSON file.
 
@@ -81,10 +82,9 @@ def collect(exp_show: list, scores: Callable[[str], list[float]] = git_scores) -
             runs.append(run_figures(name, data["params"]["params.yaml"]["data"], metrics, scores(entry["rev"])))
 
     commits = [c for c in exp_show if c.get("rev") != "workspace"]
-    if len(commits) > 1:
-        raise SystemExit(f"{len(commits)} baseline commits in the exp show output; use `dvc exp show --json --rev REV`")
-    for commit in commits:
-        add(commit)
+    for i, commit in enumerate(commits):
+        if i == 0:  # the newest commit's own run; older ones (`-n N`) give their experiments only
+            add(commit)
         for exp in commit.get("experiments") or []:
             add(exp["revs"][0])
     return runs
