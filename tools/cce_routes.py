@@ -16,7 +16,7 @@
             synonym (cycled) instead of from the pool prompt.
 
 The variants are experiments, not options of the pipeline: `sweep` swaps dm2's functions for
-that one process. README "DM2 settings over seeds" has what they measured.
+that one process. reports/dm2_settings/README.md has what they measured.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ goals can ask of the world.
         matches the original model's noise prediction, which on a model with no adapter
         is its own (`dm2.attacks.common.original_model`)
 
-README "DM2 settings over seeds" has what it measured.
+reports/dm2_settings/README.md has what it measured.
 """
 
 from __future__ import annotations
