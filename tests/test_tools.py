@@ -273,7 +273,8 @@ def test_tradeoff_map_sums_up_each_setting_over_its_seeds_and_skips_unattacked_o
     tradeoff_map = _tool("tradeoff_map")
 
     def run(clip, acc, cce=None):
-        r = {"eval": {"clip_score": clip, "other_shapes_accuracy": acc}, "asr": {}}
+        second = {"judge": "geometric", "other_shapes_accuracy": acc - 1}
+        r = {"eval": {"clip_score": clip, "other_shapes_accuracy": acc, "second_judge": second}, "asr": {}}
         if cce is not None:
             r["asr"]["cce"] = {"budgets": [1, 2], "world": [0.0, cce], "geometric": [0.0, cce / 2]}
         return r
@@ -284,6 +285,10 @@ def test_tradeoff_map_sums_up_each_setting_over_its_seeds_and_skips_unattacked_o
     # b's seed 1 ran no attack: b is left out rather than summed up over one seed
     assert [p["name"] for p in points] == ["a"]
     assert points[0]["clip_drop"] == [1.0, 3.0] and points[0]["asr"]["cce"] == {"world": [40.0, 80.0], "geometric": [20.0, 40.0]}
+    assert points[0]["acc_drop"] == {"world": [1.0, 0.0], "geometric": [1.0, 0.0]}
     table = tradeoff_map.markdown(points, ["world", "geometric"])
-    # mean (worst seed) of CLIP drop, accuracy drop and each judge's ASR; no UnlearnDiff ran
-    assert "| a | r.json | 2 | 2.00 (3.00) | 0.5 (1.0) | 60.0 (80.0) | 30.0 (40.0) | - | - |" in table
+    # mean (worst seed) of CLIP drop, each judge's accuracy drop and each judge's ASR; no UnlearnDiff ran
+    assert "| a | r.json | 2 | 2.00 (3.00) | 0.5 (1.0) | 0.5 (1.0) | 60.0 (80.0) | 30.0 (40.0) | - | - |" in table
+    # a file whose runs carry no second judge gives the world judge's accuracy only
+    del results["a/seed1"]["eval"]["second_judge"]
+    assert tradeoff_map.setting_points(results, "r.json")[0]["acc_drop"] == {"world": [1.0, 0.0]}
