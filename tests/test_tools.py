@@ -292,3 +292,18 @@ def test_tradeoff_map_sums_up_each_setting_over_its_seeds_and_skips_unattacked_o
     # a file whose runs carry no second judge gives the world judge's accuracy only
     del results["a/seed1"]["eval"]["second_judge"]
     assert tradeoff_map.setting_points(results, "r.json")[0]["acc_drop"] == {"world": [1.0, 0.0]}
+
+
+def test_eval_spread_pairs_each_erased_seed_with_the_bases():
+    spread_tool = _tool("eval_spread")
+    results = {
+        "base": {"0": {"clip_score": 70.0, "fd": 4.0}, "1": {"clip_score": 71.0, "fd": 5.0}},
+        "lora": {"0": {"clip_score": 69.0, "fd": 5.0}, "1": {"clip_score": 68.0, "fd": 5.5}, "2": {"clip_score": 60.0, "fd": 9.0}},
+    }
+    summary = spread_tool.spread(results)
+    assert summary["base"]["fd"] == {"mean": 4.5, "min": 4.0, "max": 5.0} and "fd_rise" not in summary["base"]
+    # seed 2 has no base to pair with: its figures count in the model's spread, not in its rise
+    assert summary["lora"]["clip_drop"] == {"mean": 2.0, "min": 1.0, "max": 3.0}
+    assert summary["lora"]["fd_rise"]["min"] == pytest.approx(10.0) and summary["lora"]["fd_rise"]["max"] == pytest.approx(25.0)
+    assert summary["lora"]["clip_score"]["min"] == 60.0 and summary["lora"]["seeds"] == ["0", "1", "2"]
+    assert "| lora | 0, 1, 2 | 65.67 (60.00-69.00) | 6.50 (5.00-9.00) | 1.00, 3.00 | +25.0, +10.0 |" in spread_tool.markdown(summary, results)
