@@ -269,6 +269,40 @@ def test_retrained_drops_every_concept_image_and_trains_on_the_rest(tiny_pipe):
         retrained.retrain_without("hexagon", world, unet_p, tiny_pipe.vae)
 
 
+def test_eval_spread_groups_erase_seeds_of_a_setting_and_keeps_its_worst():
+    spread_tool = _tool("eval_spread")
+    base = {"0": {"clip_score": 70.0, "fd": 4.0}, "1": {"clip_score": 70.0, "fd": 4.0}}
+    results = {
+        "base": base,
+        "ap3_seed0": {"0": {"clip_score": 69.0, "fd": 5.0}, "1": {"clip_score": 69.0, "fd": 4.4}},  # drops 1, 1; rises 25, 10 %
+        "ap3_seed12": {"0": {"clip_score": 67.0, "fd": 4.0}, "1": {"clip_score": 68.0, "fd": 4.0}},  # drops 3, 2; rises 0, 0 %
+        "uce": {"0": {"clip_score": 65.0, "fd": 6.0}},
+    }
+    settings = spread_tool.by_setting(spread_tool.spread(results))
+    assert list(settings) == ["ap3", "uce"] and settings["ap3"]["erase_seeds"] == 2
+    assert settings["ap3"]["clip_drop"] == pytest.approx({"mean": 1.75, "worst_seed": 2.5, "worst_draw": 3.0})
+    assert settings["ap3"]["fd_rise"] == pytest.approx({"mean": 8.75, "worst_seed": 17.5, "worst_draw": 25.0})
+    assert settings["uce"]["fd_rise"] == pytest.approx({"mean": 50.0, "worst_seed": 50.0, "worst_draw": 50.0})
+    assert "| ap3 | 2 | 1.75, 2.50, 3.00 | +8.8, +17.5, +25.0 |" in spread_tool.settings_markdown(settings)
+
+
+def test_eval_spread_takes_loras_on_the_base_and_whole_pipelines_and_checks_them_first(tmp_path):
+    spread_tool = _tool("eval_spread")
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    (tmp_path / "sd").mkdir()
+    (tmp_path / "sd" / "model_index.json").write_text("{}")
+    lora, sd = str(tmp_path / "lora"), str(tmp_path / "sd")
+    models = spread_tool.models_to_measure("world/sd", [f"dm2={lora}"], [f"retrained={sd}"])
+    assert models == {"base": ("world/sd", None), "dm2": ("world/sd", lora), "retrained": (sd, None)}
+    with pytest.raises(SystemExit, match="--model r="):
+        spread_tool.models_to_measure("world/sd", [], [f"r={lora}"])  # a LoRA folder is not a pipeline
+    with pytest.raises(SystemExit, match="--lora base="):
+        spread_tool.models_to_measure("world/sd", [f"base={lora}"], [])
+    with pytest.raises(SystemExit, match="--model dm2="):
+        spread_tool.models_to_measure("world/sd", [f"dm2={lora}"], [f"dm2={sd}"])
+
+
 def test_tradeoff_map_sums_up_each_setting_over_its_seeds_and_skips_unattacked_ones():
     tradeoff_map = _tool("tradeoff_map")
 
