@@ -1,5 +1,6 @@
 """The development tools' own logic (tools/), on tiny inputs."""
 
+import copy
 import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
@@ -301,6 +302,22 @@ def test_eval_spread_takes_loras_on_the_base_and_whole_pipelines_and_checks_them
         spread_tool.models_to_measure("world/sd", [f"base={lora}"], [])
     with pytest.raises(SystemExit, match="--model dm2="):
         spread_tool.models_to_measure("world/sd", [f"dm2={lora}"], [f"dm2={sd}"])
+
+
+def test_retrained_p4d_original_predicts_with_the_shipped_unet_inside_the_block_only(tiny_pipe):
+    retrained = _tool("retrained")
+    other = copy.deepcopy(tiny_pipe.unet)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.1)
+    x, t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([10])
+    states = torch.randn(1, 77, tiny_pipe.text_encoder.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        own, theirs = tiny_pipe.unet(x, t, states).sample, other(x, t, states).sample
+        with retrained.computing_as(tiny_pipe.unet, other):
+            inside = tiny_pipe.unet(x, t, states).sample
+        after = tiny_pipe.unet(x, t, states).sample
+    assert not torch.allclose(own, theirs) and torch.equal(inside, theirs) and torch.equal(after, own)
 
 
 def test_tradeoff_map_sums_up_each_setting_over_its_seeds_and_skips_unattacked_ones():
