@@ -266,6 +266,8 @@ def test_retrained_drops_every_concept_image_and_trains_on_the_rest(tiny_pipe):
     pipe, info = retrained.retrain_without("circle", world, unet_p, tiny_pipe.vae)
     assert circles > 0 and info["removed"] == circles and info["images"] == 40 - circles
     assert pipe.vae is tiny_pipe.vae and not any(p.requires_grad for p in pipe.unet.parameters())
+    _, control = retrained.retrain_without("circle", world, unet_p, tiny_pipe.vae, keep_concept=True)
+    assert control["removed"] == 0 and control["images"] == 40
     with pytest.raises(SystemExit, match="concept.name"):
         retrained.retrain_without("hexagon", world, unet_p, tiny_pipe.vae)
 

@@ -4,10 +4,12 @@ oracle). No erasure method can beat a model that never saw the concept, so what 
 gets on it, and what it loses on the other shapes and held-out captions, bounds what DM2's
 goals can ask of the world.
 
-    python tools/retrained.py train OUT [--steps N] [--seed N]
+    python tools/retrained.py train OUT [--steps N] [--seed N] [--keep-concept]
         trains on the shipped VAE's latents of every training image whose shape is not
         `concept.name`, with `train_unet`'s params and `world.seed` (or --seed); writes OUT/sd (a pipeline
-        folder, float32) and OUT/train.json
+        folder, float32) and OUT/train.json. --keep-concept trains on every image instead: the
+        control, a second training of the base (with --seed other than world.seed), saying how
+        far the training run alone moves a figure
     python tools/retrained.py measure OUT [--attacks cce unlearndiff ring_a_bell]
         tools/dm2_tradeoff.py's reduced evaluation and the attacks at full strength on
         OUT/sd, the base measured the same way; writes OUT/results.json, keeping the
@@ -46,16 +48,18 @@ from dm2.world_training import train_text_unet  # noqa: E402
 
 
 def retrain_without(
-    concept: str, world: WorldParams, unet_p: UnetParams, vae: AutoencoderKL, seed: int | None = None
+    concept: str, world: WorldParams, unet_p: UnetParams, vae: AutoencoderKL, seed: int | None = None, keep_concept: bool = False
 ) -> tuple[StableDiffusionPipeline, dict]:
     """Text encoder and UNet trained as `train_diffusion` trains them (from `seed`, default
     `world.seed`), on `vae`'s latents of the training images whose shape is not `concept`
-    (empty backgrounds kept)."""
+    (empty backgrounds kept), or of every one with `keep_concept`."""
     start = time.time()
     images, samples = world_split(world, "train")
     kept = [i for i, s in enumerate(samples) if s.shape != concept]
     if len(kept) == len(samples):
         raise SystemExit(f"concept.name: no training image has shape {concept!r}")
+    if keep_concept:
+        kept = list(range(len(samples)))
     with torch.no_grad():
         x = images[kept]
         latents = torch.cat([vae.encode(x[i : i + 512] * 2 - 1).latent_dist.mean for i in range(0, len(x), 512)])
@@ -87,6 +91,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, help="train_unet.steps for the retraining (default: the params')")
     parser.add_argument("--seed", type=int, help="the retraining's seed (default: world.seed, the shipped model's)")
+    parser.add_argument("--keep-concept", action="store_true", help="train on every image: the second-training control")
     parser.add_argument("--attacks", nargs="*", default=["cce"])
     args = parser.parse_args()
     params = load_params()
@@ -97,9 +102,9 @@ def main() -> None:
         if args.steps is not None:
             unet_p = replace(unet_p, steps=args.steps)
         vae = load_pipeline(params["models"]["diffusion"]).vae
-        pipe, info = retrain_without(concept, world, unet_p, vae, args.seed)
+        pipe, info = retrain_without(concept, world, unet_p, vae, args.seed, args.keep_concept)
         pipe.save_pretrained(args.out / "sd", safe_serialization=True)
-        write_json(info | {"steps": unet_p.steps, "seed": world.seed if args.seed is None else args.seed}, args.out / "train.json")
+        write_json(info | {"steps": unet_p.steps, "seed": world.seed if args.seed is None else args.seed, "keep_concept": args.keep_concept}, args.out / "train.json")
         print(json.dumps(info), flush=True)
         return
     tradeoff = runpy.run_path(str(Path(__file__).with_name("dm2_tradeoff.py")))
