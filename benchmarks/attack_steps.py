@@ -36,9 +36,9 @@ def measure(steps: int, out: Path) -> None:
     from dm2.attacks.cce import invert_concept
     from dm2.attacks.p4d import p4d_attack
     from dm2.attacks.sweep import attack_settings, load_inputs
-    from dm2.config import load_params
-    from dm2.diffusion import load_pipeline
-    from dm2.paths import ATTACK_BASE_DIR
+    from dm2.core.config import load_params
+    from dm2.core.paths import ATTACK_BASE_DIR
+    from dm2.models.diffusion import load_pipeline
 
     models, _, p, key = attack_settings(load_params())
     pipe = load_pipeline(models.diffusion)

@@ -21,11 +21,11 @@ import torch
 
 from dm2.attacks.registry import REGISTRY
 from dm2.attacks.sweep import INPUTS_FILE, _restart, attack_settings, load_inputs
-from dm2.config import load_params
-from dm2.diffusion import load_pipeline
-from dm2.judge import load_judges
-from dm2.methods import apply_method, method_dir
-from dm2.paths import ATTACK_BASE_DIR
+from dm2.core.config import load_params
+from dm2.core.paths import ATTACK_BASE_DIR
+from dm2.erasure.methods import apply_method, method_dir
+from dm2.judges.registry import load_judges
+from dm2.models.diffusion import load_pipeline
 
 
 def main() -> None:

@@ -23,19 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dm2.attacks.common import states  # noqa: E402
-from dm2.dark_miner import mining_loss  # noqa: E402
-from dm2.diffusion import (  # noqa: E402
-    encode_prompts,
-    encode_token_embeddings,
-    free_embedding_states,
-    generate,
-    generate_latents,
-    load_pipeline,
-    noised,
-)
-from dm2.judge import judge_concept, load_judge  # noqa: E402
-from dm2.precision import model_precision  # noqa: E402
-from dm2.prompts import read_prompts  # noqa: E402
+from dm2.core.precision import model_precision  # noqa: E402
+from dm2.erasure.dark_miner_steps import mining_loss  # noqa: E402
+from dm2.judges.registry import judge_concept, load_judge  # noqa: E402
+from dm2.models.diffusion import encode_prompts, encode_token_embeddings, free_embedding_states, generate, generate_latents, load_pipeline, noised
+from dm2.world.prompts import read_prompts  # noqa: E402
 
 CPU = torch.device("cpu")
 

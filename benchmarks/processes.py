@@ -29,8 +29,8 @@ def kernel(name: str, n: int) -> float:
     from dm2.attacks.cce import invert_concept
     from dm2.attacks.common import fixed_sequences, states
     from dm2.attacks.params import AttacksParams
-    from dm2.config import load_params, parse_section
-    from dm2.diffusion import encode_prompts, generate, load_pipeline
+    from dm2.core.config import load_params, parse_section
+    from dm2.models.diffusion import encode_prompts, generate, load_pipeline
 
     pipe = load_pipeline(str(ROOT / "artifacts/world/sd"))
     p = parse_section(AttacksParams, load_params(ROOT / "params.yaml")["attacks"], "attacks")

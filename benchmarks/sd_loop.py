@@ -5,7 +5,7 @@
    (1000 mining + 1000 circumventing epochs, 50 sampler steps, k = 3, one image each):
    per step, its ratio to a bare batch-1 UNet forward + backward, per loop against the
    minimum the method needs, and the UNet passes (images through the UNet) per loop.
-2. Measured times of the same steps on the SD-shaped test bed's weights (`dm2.testbed`)
+2. Measured times of the same steps on the SD-shaped test bed's weights (`dm2.models.testbed`)
    on this machine's device (CPU: 32x32 latents; a GPU: 64x64), their ratio to a bare
    UNet forward + backward of batch 1, peak memory, and one loop at the paper's settings
    projected from them.
@@ -33,15 +33,15 @@ sys.path.insert(0, str(ROOT))
 
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 
-from dm2.clip import load_clip  # noqa: E402
-from dm2.dark_miner import circumvent_losses, circumvent_states, mining_loss  # noqa: E402
-from dm2.diffusion import encode_prompts, free_embedding_states, latents_to_images, load_pipeline, sample  # noqa: E402
-from dm2.lora import add_lora  # noqa: E402
-from dm2.models import resolve_device  # noqa: E402
-from dm2.precision import model_precision  # noqa: E402
-from dm2.testbed import CLIP_FILE, CLIP_NAME, SD_LATENT_SIZE, sd14_components, write_testbed  # noqa: E402
-from dm2.tokenizer import build_clip_tokenizer  # noqa: E402
-from dm2.world_models import world_scheduler  # noqa: E402
+from dm2.core.devices import resolve_device  # noqa: E402
+from dm2.core.precision import model_precision  # noqa: E402
+from dm2.erasure.dark_miner_steps import circumvent_losses, circumvent_states, mining_loss  # noqa: E402
+from dm2.erasure.lora import add_lora  # noqa: E402
+from dm2.models.clip import load_clip  # noqa: E402
+from dm2.models.diffusion import encode_prompts, free_embedding_states, latents_to_images, load_pipeline, sample  # noqa: E402
+from dm2.models.testbed import CLIP_FILE, CLIP_NAME, SD_LATENT_SIZE, sd14_components, write_testbed  # noqa: E402
+from dm2.models.tokenizer import build_clip_tokenizer  # noqa: E402
+from dm2.models.world_sd import world_scheduler  # noqa: E402
 
 # The paper's settings (Appendix A): per loop 1000 mining epochs on k = 3 pool images,
 # one verification image x_c against one reference x_r, one image x per circumvented c,

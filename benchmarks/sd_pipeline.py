@@ -1,4 +1,4 @@
-"""Benchmark: the whole pipeline on the SD-v1.4-shaped test bed (`dm2.testbed`), stage by
+"""Benchmark: the whole pipeline on the SD-v1.4-shaped test bed (`dm2.models.testbed`), stage by
 stage, with budgets cut to a few steps. Prints per stage: exit status, wall time and peak
 resident memory (the stage's process alone). The shipped world's outputs are never
 touched: the stages run in a scratch copy of the repository with the test bed's preset
@@ -28,8 +28,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dm2.models.testbed import write_testbed  # noqa: E402
 from dm2.presets import apply_preset  # noqa: E402
-from dm2.testbed import write_testbed  # noqa: E402
 
 # The concept stages in the pipeline's order, as `python -m stages` arguments; one baseline
 # (UCE, closed form) and its comparison stand for the five.

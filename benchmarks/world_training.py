@@ -18,16 +18,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dm2.config import load_params, parse_section  # noqa: E402
-from dm2.params import (
-    ClipTrainParams,
-    JudgeTrainParams,
-    UnetParams,
-    VaeParams,
-    WorldParams,
-)
-from dm2.training import world_split
-from dm2.world_training import train_text_unet, train_vae, train_world_clip, train_world_judge
+from dm2.core.config import load_params, parse_section  # noqa: E402
+from dm2.training.world_models import train_text_unet, train_vae, train_world_clip, train_world_judge
+from dm2.world.params import ClipTrainParams, JudgeTrainParams, UnetParams, VaeParams, WorldParams
+from dm2.world.splits import world_split
 
 
 def seconds_per_step(run, steps: int) -> float:

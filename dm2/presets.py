@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from ruamel.yaml import YAML
 
-from dm2.config import ParamsError, load_params, parse_section
+from dm2.core.config import ParamsError, load_params, parse_section
 from dm2.params import SECTIONS, check_params
 
 # What the shipped world is made and measured with: a preset leaves them alone.
@@ -62,7 +62,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(str(e) if str(e).startswith(str(preset)) else f"{preset}: {e}") from None
     params_path.write_text(text)
     print(f"{params_path}: {preset} applied ({', '.join(overlay)}); `dvc status` shows the stages it changes")
-    try:  # files the preset's models and concept need, which the user brings (README, Real models)
+    try:  # files the preset's models and concept need, which the user brings (docs/real-models.md)
         check_params(merged, params_path.parent)
     except ParamsError as e:
         print(f"still to provide before `dvc repro`: {e}")

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dm2.attacks.params import ATTACK_LABELS  # noqa: E402
-from dm2.grid import image_grid  # noqa: E402
+from dm2.core.grid import image_grid  # noqa: E402
 
 Rows = Mapping[str, Mapping[str, Any]]
 BASE = "base"

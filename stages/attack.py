@@ -38,15 +38,11 @@ from dm2.attacks.sweep import (
     search_texts_for,
     sweep_model,
 )
-from dm2.config import load_params, require
-from dm2.diffusion import load_pipeline
-from dm2.grid import image_grid
-from dm2.io import load_tensors, read_json, save_tensors, write_json
-from dm2.judge import load_judges
-from dm2.methods import apply_method, method_dir, method_label
-from dm2.models import resolve_device
-from dm2.params import check_method
-from dm2.paths import (
+from dm2.core.config import load_params, require
+from dm2.core.devices import resolve_device
+from dm2.core.grid import image_grid
+from dm2.core.io import load_tensors, read_json, save_tensors, write_json
+from dm2.core.paths import (
     ATTACK_BASE_DIR,
     ATTACK_BUDGET_PLOTS,
     ATTACK_FITNESS_PLOT,
@@ -56,9 +52,12 @@ from dm2.paths import (
     PROMPTS_DIR,
     SHARDS_DIR,
 )
-from dm2.prompts import read_prompts
-from dm2.sharding import clear_shards, process_state
-
+from dm2.core.sharding import clear_shards, process_state
+from dm2.erasure.methods import apply_method, method_dir, method_label
+from dm2.erasure.params import check_method
+from dm2.judges.registry import load_judges
+from dm2.models.diffusion import load_pipeline
+from dm2.world.prompts import read_prompts
 
 
 def main() -> None:

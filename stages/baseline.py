@@ -20,16 +20,17 @@ from pathlib import Path
 
 from diffusers import StableDiffusionPipeline
 
-from dm2.config import load_params, parse_section, require
-from dm2.diffusion import load_pipeline
-from dm2.esd import esd
-from dm2.io import write_json
-from dm2.learnable_prompts import learnable_prompts
-from dm2.lora import save_lora
-from dm2.methods import method_dir, write_method_info, write_sld_info
-from dm2.models import resolve_device
-from dm2.params import METHODS, BaselinesParams, ConceptParams, ModelsParams
-from dm2.uce import uce
+from dm2.core.config import load_params, parse_section, require
+from dm2.core.devices import resolve_device
+from dm2.core.io import write_json
+from dm2.core.params import ConceptParams, ModelsParams
+from dm2.erasure.esd import esd
+from dm2.erasure.learnable_prompts import learnable_prompts
+from dm2.erasure.lora import save_lora
+from dm2.erasure.methods import method_dir, write_method_info, write_sld_info
+from dm2.erasure.params import METHODS, BaselinesParams
+from dm2.erasure.uce import uce
+from dm2.models.diffusion import load_pipeline
 
 BASELINES = tuple(m for m in METHODS if m != "dm2")
 

@@ -22,27 +22,22 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from dm2.attacks.common import AttackInputs
-from dm2.attacks.sweep import INPUTS_FILE, attack_settings, load_inputs, sweep_model
-from dm2.clip import ClipModel, load_clip
-from dm2.config import load_params, parse_section
-from dm2.diffusion import load_pipeline
-from dm2.evaluation import EvalSet, load_eval_set, measure
-from dm2.io import (
-    fingerprint,
-    load_tensors,
-    read_json,
-    read_metadata,
-    save_tensors,
-    write_json,
-)
-from dm2.judge import Judge, load_judges
-from dm2.methods import INFO_FILE, apply_method, method_dir
-from dm2.models import resolve_device
 from dm2.attacks.params import AttacksParams
-from dm2.params import EvaluateParams, WorldParams, check_method
-from dm2.paths import ATTACK_BASE_DIR, COMPARE_DIR, COMPARE_METRICS_DIR, CONCEPT_IMAGES, SHARDS_DIR
-from dm2.provenance import code_version, weights_hash
-from dm2.sharding import clear_shards, process_state
+from dm2.attacks.sweep import INPUTS_FILE, attack_settings, load_inputs, sweep_model
+from dm2.core.config import load_params, parse_section
+from dm2.core.devices import resolve_device
+from dm2.core.io import fingerprint, load_tensors, read_json, read_metadata, save_tensors, write_json
+from dm2.core.paths import ATTACK_BASE_DIR, COMPARE_DIR, COMPARE_METRICS_DIR, CONCEPT_IMAGES, SHARDS_DIR
+from dm2.core.provenance import code_version, weights_hash
+from dm2.core.sharding import clear_shards, process_state
+from dm2.erasure.methods import INFO_FILE, apply_method, method_dir
+from dm2.erasure.params import check_method
+from dm2.judges.registry import Judge, load_judges
+from dm2.measure.evaluation import EvalSet, load_eval_set, measure
+from dm2.measure.params import EvaluateParams
+from dm2.models.clip import ClipModel, load_clip
+from dm2.models.diffusion import load_pipeline
+from dm2.world.params import WorldParams
 
 EVAL_CHECKPOINT = "evaluation.safetensors"  # the evaluation half, kept while the attacks run
 
@@ -65,7 +60,7 @@ def compare_method(
     judges (primary first in `judges`). The evaluation is kept in `out_dir` (keyed by
     `eval_key`) before the attacks run, so a run stopped during the attacks resumes after
     it. `shards`: where finished image batches and attack restarts are kept, spread over
-    launched processes (`dm2.sharding`). Returns (metrics, the concept images of the grid)."""
+    launched processes (`dm2.core.sharding`). Returns (metrics, the concept images of the grid)."""
     main_process = process_state().is_main_process
     start = time.time()
     (primary, judge), (second, second_judge) = judges.items()

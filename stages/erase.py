@@ -1,4 +1,4 @@
-"""Stage erase: the Dark Miner loops (dm2/erasure.py) until verification fails.
+"""Stage erase: the Dark Miner loops (dm2/erasure/dark_miner.py) until verification fails.
 
 After every loop one checkpoint file is replaced atomically (the commit point); the
 embedding pool, the diffusers LoRA and the loop log are exported from it. A killed run
@@ -14,24 +14,18 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dm2.clip import ClipModel, load_clip
-from dm2.config import load_params, parse_section, require
-from dm2.diffusion import load_pipeline
-from dm2.erasure import DarkMiner, DM2Settings, EraseState
-from dm2.io import fingerprint, load_tensors, read_metadata, save_tensors, write_json
-from dm2.lora import lora_state, restore_lora, save_lora
-from dm2.methods import method_dir, write_method_info
-from dm2.models import resolve_device
-from dm2.params import (
-    CircumventParams,
-    ConceptParams,
-    EraseParams,
-    MineParams,
-    ModelsParams,
-    VerifyParams,
-)
-from dm2.paths import ERASE_METRICS, ERASE_PLOT, POOL_FILE
-from dm2.provenance import code_version, weights_hash
+from dm2.core.config import load_params, parse_section, require
+from dm2.core.devices import resolve_device
+from dm2.core.io import fingerprint, load_tensors, read_metadata, save_tensors, write_json
+from dm2.core.params import ConceptParams, ModelsParams
+from dm2.core.paths import ERASE_METRICS, ERASE_PLOT, POOL_FILE
+from dm2.core.provenance import code_version, weights_hash
+from dm2.erasure.dark_miner import DarkMiner, DM2Settings, EraseState
+from dm2.erasure.lora import lora_state, restore_lora, save_lora
+from dm2.erasure.methods import method_dir, write_method_info
+from dm2.erasure.params import CircumventParams, EraseParams, MineParams, VerifyParams
+from dm2.models.clip import ClipModel, load_clip
+from dm2.models.diffusion import load_pipeline
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -65,7 +59,7 @@ def load_checkpoint(out_dir: Path, expected: str, unet: torch.nn.Module) -> Eras
             print(f"erase: {path} was made by other {_what_differs(meta.get('fingerprint', ''), expected)}; starting afresh")
             return None
         tensors = load_tensors(path)
-    except ValueError as e:  # dm2.io names the file and the fault
+    except ValueError as e:  # dm2.core.io names the file and the fault
         print(f"erase: {e}; starting afresh")
         return None
     state = EraseState(expected, log=json.loads(meta["log"]), stop=meta["stop"])

@@ -21,31 +21,21 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dm2.clip import ClipModel, load_clip
-from dm2.config import load_params, parse_section, require
-from dm2.diffusion import load_pipeline
-from dm2.evaluation import EvalSet, load_eval_set, measure
-from dm2.grid import image_grid
-from dm2.io import (
-    fingerprint,
-    load_tensors,
-    read_json,
-    read_metadata,
-    save_tensors,
-    write_json,
-)
-from dm2.judge import Judge, load_judges
-from dm2.methods import apply_method, method_dir, method_label
-from dm2.models import resolve_device
-from dm2.params import (
-    ConceptParams,
-    EvaluateParams,
-    ModelsParams,
-    WorldParams,
-    check_method,
-)
-from dm2.paths import CONCEPT_IMAGES, EVAL_BASE_DIR, EVAL_DIR, EVAL_GRIDS, EVAL_METRICS, SHARDS_DIR
-from dm2.sharding import clear_shards, process_state
+from dm2.core.config import load_params, parse_section, require
+from dm2.core.devices import resolve_device
+from dm2.core.grid import image_grid
+from dm2.core.io import fingerprint, load_tensors, read_json, read_metadata, save_tensors, write_json
+from dm2.core.params import ConceptParams, ModelsParams
+from dm2.core.paths import CONCEPT_IMAGES, EVAL_BASE_DIR, EVAL_DIR, EVAL_GRIDS, EVAL_METRICS, SHARDS_DIR
+from dm2.core.sharding import clear_shards, process_state
+from dm2.erasure.methods import apply_method, method_dir, method_label
+from dm2.erasure.params import check_method
+from dm2.judges.registry import Judge, load_judges
+from dm2.measure.evaluation import EvalSet, load_eval_set, measure
+from dm2.measure.params import EvaluateParams
+from dm2.models.clip import ClipModel, load_clip
+from dm2.models.diffusion import load_pipeline
+from dm2.world.params import WorldParams
 
 # The base model is measured once (stage evaluate_base), not again for every erased model.
 BASE_METRICS = "metrics.json"  # in EVAL_BASE_DIR
@@ -58,7 +48,7 @@ def evaluate_base(
     shards: Path | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """The base model's metrics and grid rows; the erased models are compared against them.
-    `shards`: where finished image batches are kept (`dm2.evaluation.measure`)."""
+    `shards`: where finished image batches are kept (`dm2.measure.evaluation.measure`)."""
     metrics, concept_row, other_row = measure(pipe, judge, clip, data, concept, p, second=second, shards=shards)
     return metrics, {"concept": concept_row, "other": other_row}
 
@@ -76,7 +66,7 @@ def evaluate(
     shards: Path | None = None,
 ) -> tuple[dict, dict[str, torch.Tensor]]:
     """The pipeline made into the erased model of the method folder `erased_dir`
-    (`dm2.methods.apply_method`), measured beside `base` (`evaluate_base` on the same set)."""
+    (`dm2.erasure.methods.apply_method`), measured beside `base` (`evaluate_base` on the same set)."""
     start = time.time()
     base_metrics, base_rows = base
     guide = apply_method(pipe, erased_dir)

@@ -11,23 +11,19 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from dm2.config import load_params, parse_section
-from dm2.diffusion import (
-    encode_prompts,
-    generate_latents,
-    latents_to_images,
-    load_pipeline,
-)
-from dm2.io import save_tensors
-from dm2.models import resolve_device
-from dm2.params import ConceptParams, ModelsParams, PoolParams
-from dm2.paths import POOL_DIR, POOL_FILE, SHARDS_DIR
-from dm2.sharding import ShardStore, clear_shards, generation_key, process_state
+from dm2.core.config import load_params, parse_section
+from dm2.core.devices import resolve_device
+from dm2.core.io import save_tensors
+from dm2.core.params import ConceptParams, ModelsParams
+from dm2.core.paths import POOL_DIR, POOL_FILE, SHARDS_DIR
+from dm2.core.sharding import ShardStore, clear_shards, generation_key, process_state
+from dm2.erasure.params import PoolParams
+from dm2.models.diffusion import encode_prompts, generate_latents, latents_to_images, load_pipeline
 
 
 def make_pool(pipe: StableDiffusionPipeline, prompt: str, p: PoolParams, shards: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(latents, images in [0, 1]) of `p.size` samples of `prompt`, fixed by `p.seed`.
-    `shards`: where finished batches are kept, spread over launched processes (`dm2.sharding`)."""
+    `shards`: where finished batches are kept, spread over launched processes (`dm2.core.sharding`)."""
     cond = encode_prompts(pipe, [prompt]).expand(p.size, -1, -1)
     store = None if shards is None else ShardStore(shards, generation_key(pipe.unet, cond, p.seed, p.steps, p.guidance))
     latents = generate_latents(pipe, cond, p.seed, p.steps, p.guidance, shards=store)

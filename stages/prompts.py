@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dm2.config import load_params, parse_section
-from dm2.params import PromptsParams, WorldParams
-from dm2.paths import PROMPTS_DIR
-from dm2.prompts import normal_prompts, other_prompts, uses_name, write_prompts
-from dm2.world import WorldSpec
-
+from dm2.core.config import load_params, parse_section
+from dm2.core.paths import PROMPTS_DIR
+from dm2.world.params import PromptsParams, WorldParams
+from dm2.world.prompts import normal_prompts, other_prompts, uses_name, write_prompts
+from dm2.world.render import WorldSpec
 
 
 def write_prompt_files(spec: WorldSpec, p: PromptsParams, out_dir: Path) -> list[Path]:

@@ -14,18 +14,11 @@ from typing import Any
 
 import torch
 
-from dm2.config import load_params, parse_section, require
-from dm2.io import load_tensors, read_json
-from dm2.params import LABELS, CompareParams, check_method
-from dm2.paths import (
-    ATTACK_METRICS,
-    COMPARE_DIR,
-    COMPARE_METRICS_DIR,
-    CONCEPT_IMAGES,
-    EVAL_DIR,
-    EVAL_METRICS,
-    REPORTS_DIR,
-)
+from dm2.core.config import load_params, parse_section, require
+from dm2.core.io import load_tensors, read_json
+from dm2.core.paths import ATTACK_METRICS, COMPARE_DIR, COMPARE_METRICS_DIR, CONCEPT_IMAGES, EVAL_DIR, EVAL_METRICS, REPORTS_DIR
+from dm2.erasure.params import LABELS, check_method
+from dm2.measure.params import CompareParams
 from dm2.report import (
     BASE,
     DISAGREEMENT,

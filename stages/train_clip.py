@@ -3,12 +3,12 @@ pairs; it verifies erasure (zero-shot shape) and computes CLIP scores in the wor
 
 from __future__ import annotations
 
-from dm2.clip import save_world_clip
-from dm2.config import load_params, parse_section
-from dm2.io import write_json
-from dm2.params import ClipTrainParams, WorldParams
-from dm2.paths import TRAIN_CLIP_METRICS, WORLD_CLIP_FILE
-from dm2.world_training import train_world_clip
+from dm2.core.config import load_params, parse_section
+from dm2.core.io import write_json
+from dm2.core.paths import TRAIN_CLIP_METRICS, WORLD_CLIP_FILE
+from dm2.models.clip import save_world_clip
+from dm2.training.world_models import train_world_clip
+from dm2.world.params import ClipTrainParams, WorldParams
 
 
 def main() -> None:

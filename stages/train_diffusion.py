@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dm2.config import load_params, parse_section
-from dm2.io import read_json, write_json
-from dm2.params import UnetParams, VaeParams, WorldParams
-from dm2.paths import TRAIN_DIFFUSION_METRICS, WORLD_SD
-from dm2.world_training import train_world_diffusion
+from dm2.core.config import load_params, parse_section
+from dm2.core.io import read_json, write_json
+from dm2.core.paths import TRAIN_DIFFUSION_METRICS, WORLD_SD
+from dm2.training.world_models import train_world_diffusion
+from dm2.world.params import UnetParams, VaeParams, WorldParams
 
 
 def save_pipeline_fp16(pipe: StableDiffusionPipeline, out_dir: Path) -> None:

@@ -1,14 +1,14 @@
 """Stage train_judge: train the world's judge (shape, colour and texture classifier) on
-rendered images and hard renders (`dm2.world_training.train_world_judge`) and save it."""
+rendered images and hard renders (`dm2.training.world_models.train_world_judge`) and save it."""
 
 from __future__ import annotations
 
-from dm2.config import load_params, parse_section
-from dm2.io import write_json
-from dm2.judge import save_world_judge
-from dm2.params import JudgeTrainParams, WorldParams
-from dm2.paths import TRAIN_JUDGE_METRICS, WORLD_JUDGE_FILE
-from dm2.world_training import train_world_judge
+from dm2.core.config import load_params, parse_section
+from dm2.core.io import write_json
+from dm2.core.paths import TRAIN_JUDGE_METRICS, WORLD_JUDGE_FILE
+from dm2.judges.world import save_world_judge
+from dm2.training.world_models import train_world_judge
+from dm2.world.params import JudgeTrainParams, WorldParams
 
 
 def main() -> None:

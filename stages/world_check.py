@@ -13,16 +13,17 @@ from collections import defaultdict
 
 import torch
 
-from dm2.clip import load_clip, zero_shot
-from dm2.config import load_params, parse_section
-from dm2.diffusion import encode_prompts, generate, load_pipeline
-from dm2.hard_renders import HARD_HELDOUT_SEED_OFFSET, HardCondition, render_hard
-from dm2.io import write_json
-from dm2.judge import Judge, load_judges
-from dm2.models import resolve_device
-from dm2.params import ModelsParams, WorldCheckParams, WorldParams
-from dm2.paths import WORLD_DIR, WORLD_METRICS
-from dm2.training import world_split
+from dm2.core.config import load_params, parse_section
+from dm2.core.devices import resolve_device
+from dm2.core.io import write_json
+from dm2.core.params import ModelsParams
+from dm2.core.paths import WORLD_DIR, WORLD_METRICS
+from dm2.judges.registry import Judge, load_judges
+from dm2.models.clip import load_clip, zero_shot
+from dm2.models.diffusion import encode_prompts, generate, load_pipeline
+from dm2.world.hard_renders import HARD_HELDOUT_SEED_OFFSET, HardCondition, render_hard
+from dm2.world.params import WorldCheckParams, WorldParams
+from dm2.world.splits import world_split
 
 ANCHOR = "a photo"
 

@@ -16,8 +16,8 @@ import torch  # noqa: E402
 from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
 
-from dm2.clip import ClipModel  # noqa: E402
-from dm2.world_models import assemble_pipeline  # noqa: E402
+from dm2.models.clip import ClipModel  # noqa: E402
+from dm2.models.world_sd import assemble_pipeline  # noqa: E402
 
 TINY_WIDTH = 16
 

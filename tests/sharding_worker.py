@@ -1,4 +1,4 @@
-"""Run by tests/test_sharding.py as launched processes (`dm2.sharding.launch`): latents of
+"""Run by tests/test_sharding.py as launched processes (`dm2.core.sharding.launch`): latents of
 the shipped world for fixed prompts, their batches spread over the processes and kept as
 shards. With FAIL_RANK, that process fails at once with a one-line error and the others
 wait for it.
@@ -16,9 +16,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dm2.diffusion import encode_prompts, generate_latents, load_pipeline  # noqa: E402
-from dm2.io import save_tensors  # noqa: E402
-from dm2.sharding import ShardStore, generation_key, process_state  # noqa: E402
+from dm2.core.io import save_tensors  # noqa: E402
+from dm2.core.sharding import ShardStore, generation_key, process_state  # noqa: E402
+from dm2.models.diffusion import encode_prompts, generate_latents, load_pipeline  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square", "a green star", "a photo of a cross", "a yellow triangle"]
 SEED, STEPS, GUIDANCE, BATCH = 3, 4, 5.0, 2

@@ -21,19 +21,10 @@ from dm2.attacks.common import AttackInputs
 from dm2.attacks.p4d import p4d_attack
 from dm2.attacks.params import ATTACKS, P4DParams, UnlearnDiffParams
 from dm2.attacks.ring_a_bell import ring_a_bell_attack
-from dm2.attacks.sweep import (
-    asr_curves,
-    budget_plot_rows,
-    disagreements,
-    load_inputs,
-    prepare_attacks,
-    save_inputs,
-    search_texts_for,
-    sweep_model,
-)
+from dm2.attacks.sweep import asr_curves, budget_plot_rows, disagreements, load_inputs, prepare_attacks, save_inputs, search_texts_for, sweep_model
 from dm2.attacks.unlearndiff import unlearndiff_attack
-from dm2.config import ParamsError
-from dm2.prompts import write_prompts
+from dm2.core.config import ParamsError
+from dm2.world.prompts import write_prompts
 from tests.test_attacks import (
     PROMPTS,
     SEARCH,

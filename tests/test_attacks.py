@@ -16,24 +16,17 @@ import torch
 from dm2.attacks.cce import cce_attack, cce_phrase, cce_tokens, invert_concept
 from dm2.attacks.common import denoising_loss, full_sequences, searchable, word_ids
 from dm2.attacks.p4d import p4d_attack, p4d_loss
-from dm2.attacks.params import (
-    ATTACKS,
-    AttacksParams,
-    CCEParams,
-    P4DParams,
-    RingABellParams,
-    UnlearnDiffParams,
-)
+from dm2.attacks.params import ATTACKS, AttacksParams, CCEParams, P4DParams, RingABellParams, UnlearnDiffParams
 from dm2.attacks.pez import Projection
 from dm2.attacks.ring_a_bell import genetic_search, ring_a_bell_attack, world_words
 from dm2.attacks.sweep import prepare_attacks, sweep_model
 from dm2.attacks.unlearndiff import unlearndiff_attack
-from dm2.config import ParamsError, load_params, parse_section
-from dm2.diffusion import encode_prompts, encode_token_embeddings, generate_latents
-from dm2.io import load_tensors
-from dm2.lora import add_lora, save_lora
-from dm2.methods import INFO_FILE, apply_method, write_method_info
-from dm2.world_models import world_text_encoder
+from dm2.core.config import ParamsError, load_params, parse_section
+from dm2.core.io import load_tensors
+from dm2.erasure.lora import add_lora, save_lora
+from dm2.erasure.methods import INFO_FILE, apply_method, write_method_info
+from dm2.models.diffusion import encode_prompts, encode_token_embeddings, generate_latents
+from dm2.models.world_sd import world_text_encoder
 
 PROMPTS = ["a red circle", "a photo of a blue ball on a white background", "a green disk"]
 BANK = 6  # fixed (t, noise) draws on which objectives are compared
@@ -590,7 +583,7 @@ def test_ring_a_bell_words_come_from_the_world_unless_given():
 
 
 def test_ideal_prompts_are_those_the_base_model_draws_the_concept_for(tiny_pipe, tmp_path):
-    from dm2.diffusion import latents_to_images
+    from dm2.models.diffusion import latents_to_images
 
     judge = PositionJudge([1, 3, 4])
     p = stage_params(n_prompts=3, ideal_prompts=True)

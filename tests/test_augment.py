@@ -1,7 +1,7 @@
 import torch
 
-from dm2.augment import _blur, augment
-from dm2.params import AugmentParams
+from dm2.world.augment import _blur, augment
+from dm2.world.params import AugmentParams
 
 
 def test_zero_strength_is_identity():

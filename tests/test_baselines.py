@@ -7,17 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dm2.config import ParamsError, parse_section
-from dm2.diffusion import encode_prompts
-from dm2.esd import esd, esd_loss, training_latent
-from dm2.learnable_prompts import (
-    PromptSlot,
-    learnable_prompts,
-    original_eps,
-    prompt_attached,
-    removal_losses,
-)
-from dm2.lora import (
+from dm2.core.config import ParamsError, parse_section
+from dm2.erasure.esd import esd, esd_loss, training_latent
+from dm2.erasure.learnable_prompts import PromptSlot, learnable_prompts, original_eps, prompt_attached, removal_losses
+from dm2.erasure.lora import (
     CROSS_ATTENTION,
     CROSS_ATTENTION_KV,
     NON_CROSS_ATTENTION,
@@ -27,8 +20,9 @@ from dm2.lora import (
     lora_state,
     save_lora,
 )
-from dm2.params import ESDParams, LearnablePromptParams, UCEParams
-from dm2.uce import uce, uce_delta
+from dm2.erasure.params import ESDParams, LearnablePromptParams, UCEParams
+from dm2.erasure.uce import uce, uce_delta
+from dm2.models.diffusion import encode_prompts
 from tests.conftest import TINY_WIDTH, tiny_unet
 
 CONCEPT = "a circle photo"

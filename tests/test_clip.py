@@ -4,22 +4,13 @@ import open_clip
 import pytest
 import torch
 
-from dm2.clip import (
-    WORLD_CLIP,
-    ClipModel,
-    clip_score,
-    create_world_clip,
-    load_clip,
-    preprocess,
-    save_world_clip,
-    zero_shot,
-)
-from dm2.config import InputError
-from dm2.io import save_tensors
-from dm2.params import ClipTrainParams, WorldParams
-from dm2.tokenizer import build_clip_tokenizer
-from dm2.world import BACKGROUNDS, COLOURS, TEXTURES
-from dm2.world_training import contrastive_loss, train_world_clip
+from dm2.core.config import InputError
+from dm2.core.io import save_tensors
+from dm2.models.clip import WORLD_CLIP, ClipModel, clip_score, create_world_clip, load_clip, preprocess, save_world_clip, zero_shot
+from dm2.models.tokenizer import build_clip_tokenizer
+from dm2.training.world_models import contrastive_loss, train_world_clip
+from dm2.world.params import ClipTrainParams, WorldParams
+from dm2.world.render import BACKGROUNDS, COLOURS, TEXTURES
 
 torch.set_num_threads(1)
 
@@ -122,7 +113,7 @@ def test_zero_shot_picks_the_most_similar_prompt():
 
 
 def test_training_lowers_the_contrastive_loss():
-    from dm2.training import world_split
+    from dm2.world.splits import world_split
 
     world = tiny_world()
     p = ClipTrainParams(steps=40, batch_size=32, lr=0.02)

@@ -12,10 +12,10 @@ import torch
 import torchvision
 from PIL import Image
 
-from dm2.coco import coco_pairs, fid_network, inception_features, load_images
-from dm2.config import ParamsError, parse_section
-from dm2.io import save_tensors
-from dm2.params import CocoParams
+from dm2.core.config import ParamsError, parse_section
+from dm2.core.io import save_tensors
+from dm2.measure.coco import coco_pairs, fid_network, inception_features, load_images
+from dm2.measure.params import CocoParams
 
 
 def fake_coco(tmp_path, n_images=3):

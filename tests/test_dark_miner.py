@@ -5,20 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dm2.config import ParamsError, parse_section
-from dm2.dark_miner import (
-    circumvent,
-    circumvent_losses,
-    circumvent_states,
-    delta_cosine,
-    mine,
-    mining_loss,
-    pick_target,
-)
-from dm2.diffusion import encode_prompts, free_embedding_states, prompt_token_embeddings
-from dm2.lora import adapters_disabled, add_lora, frozen
-from dm2.params import CircumventParams, MineParams, VerifyParams
-from dm2.world_models import world_scheduler
+from dm2.core.config import ParamsError, parse_section
+from dm2.erasure.dark_miner_steps import circumvent, circumvent_losses, circumvent_states, delta_cosine, mine, mining_loss, pick_target
+from dm2.erasure.lora import adapters_disabled, add_lora, frozen
+from dm2.erasure.params import CircumventParams, MineParams, VerifyParams
+from dm2.models.diffusion import encode_prompts, free_embedding_states, prompt_token_embeddings
+from dm2.models.world_sd import world_scheduler
 from tests.conftest import TINY_WIDTH, tiny_unet
 
 SCHEDULE = dict(lr_drop_epoch=1000, lr_after_drop=0.001, grad_clip=10.0, optimizer="adam")

@@ -1,6 +1,6 @@
 """dvc.yaml cannot drift from the code: every stage depends on each project file its
-command runs, found by following imports (dm2/provenance.py; `python tools/dvc_deps.py`
-rewrites the lists), and the data paths it declares are those of dm2/paths.py."""
+command runs, found by following imports (dm2/core/provenance.py; `python dev/dvc_deps.py`
+rewrites the lists), and the data paths it declares are those of dm2/core/paths.py."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-import dm2.paths
-from dm2.provenance import code_files, code_version
+import dm2.core.paths
+from dm2.core.provenance import code_files, code_version
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_deps_cover_every_module_a_stage_imports():
         module = stage["cmd"].split()[3]
         needed = set(code_files(f"stages.{module}")) | set(code_files("stages.__main__"))
         missing = sorted(needed - set(stage["deps"]))
-        assert not missing, f"dvc.yaml stage {name!r} runs {missing} but does not list them in deps; run `python tools/dvc_deps.py`"
+        assert not missing, f"dvc.yaml stage {name!r} runs {missing} but does not list them in deps; run `python dev/dvc_deps.py`"
 
 
 def _declared_paths() -> set[str]:
@@ -50,13 +50,13 @@ def _declared_paths() -> set[str]:
 
 
 def test_dvc_yaml_and_the_paths_module_name_the_same_paths():
-    known = {str(v) for v in vars(dm2.paths).values() if isinstance(v, Path)} - {str(dm2.paths.SHARDS_DIR)}  # scratch, not an output
+    known = {str(v) for v in vars(dm2.core.paths).values() if isinstance(v, Path)} - {str(dm2.core.paths.SHARDS_DIR)}  # scratch, not an output
     declared = _declared_paths()
-    # A declared path is one of dm2/paths.py, or a file its stage names inside one of its folders.
+    # A declared path is one of dm2/core/paths.py, or a file its stage names inside one of its folders.
     stray = sorted(p for p in declared if p not in known and str(Path(p).parent) not in known)
-    assert not stray, f"dvc.yaml names {stray}, which dm2/paths.py does not"
+    assert not stray, f"dvc.yaml names {stray}, which dm2/core/paths.py does not"
     unused = sorted(p for p in known if p not in declared and str(Path(p).parent) not in declared and not any(d.startswith(p + "/") for d in declared))
-    assert not unused, f"dm2/paths.py names {unused}, which no dvc.yaml stage declares"
+    assert not unused, f"dm2/core/paths.py names {unused}, which no dvc.yaml stage declares"
 
 
 def test_code_files_follow_imports_inside_functions(tmp_path):

@@ -9,21 +9,15 @@ import json
 import pytest
 import torch
 
-import dm2.erasure
+import dm2.erasure.dark_miner
 import stages.erase as erase_stage
-from dm2.config import ParamsError
-from dm2.diffusion import encode_prompts
-from dm2.erasure import DM2Settings
-from dm2.io import fingerprint, load_tensors, read_metadata
-from dm2.lora import LORA_FILE, adapters_disabled, load_lora_into
-from dm2.params import (
-    CircumventParams,
-    EraseParams,
-    MineParams,
-    PoolParams,
-    VerifyParams,
-)
-from dm2.provenance import weights_hash
+from dm2.core.config import ParamsError
+from dm2.core.io import fingerprint, load_tensors, read_metadata
+from dm2.core.provenance import weights_hash
+from dm2.erasure.dark_miner import DM2Settings
+from dm2.erasure.lora import LORA_FILE, adapters_disabled, load_lora_into
+from dm2.erasure.params import CircumventParams, EraseParams, MineParams, PoolParams, VerifyParams
+from dm2.models.diffusion import encode_prompts
 from stages.erase import erase, read_pool
 from stages.pool import make_pool, save_pool
 
@@ -94,7 +88,7 @@ def test_killed_run_resumes_and_matches_uninterrupted(tiny_pipe, tiny_clip, pool
     tiny_pipe.unet.delete_adapters(tiny_pipe.unet.active_adapters())
 
     calls = {"n": 0}
-    real = dm2.erasure.circumvent
+    real = dm2.erasure.dark_miner.circumvent
 
     def dies_in_loop_2(*args, **kwargs):
         calls["n"] += 1
@@ -102,11 +96,11 @@ def test_killed_run_resumes_and_matches_uninterrupted(tiny_pipe, tiny_clip, pool
             raise KeyboardInterrupt  # killed in the middle of loop 1's circumventing
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dm2.erasure, "circumvent", dies_in_loop_2)
+    monkeypatch.setattr(dm2.erasure.dark_miner, "circumvent", dies_in_loop_2)
     with pytest.raises(KeyboardInterrupt):
         run(tiny_pipe, tiny_clip, pool, tmp_path / "killed")
     assert len(json.loads((tmp_path / "killed" / "loop_log.json").read_text())["loops"]) == 1
-    monkeypatch.setattr(dm2.erasure, "circumvent", real)
+    monkeypatch.setattr(dm2.erasure.dark_miner, "circumvent", real)
     tiny_pipe.unet.delete_adapters(tiny_pipe.unet.active_adapters())
 
     resumed = run(tiny_pipe, tiny_clip, pool, tmp_path / "killed")

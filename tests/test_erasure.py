@@ -1,4 +1,4 @@
-"""The DM2 loop (dm2/erasure.py) on tiny random models: candidates, verification, the
+"""The DM2 loop (dm2/erasure/dark_miner.py) on tiny random models: candidates, verification, the
 images x circumventing trains on, and what it refuses."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from dm2.config import ParamsError
-from dm2.diffusion import encode_prompts
-from dm2.erasure import DarkMiner, DM2Settings, EraseState, verification_score, verify_features
-from dm2.params import VerifyParams
+from dm2.core.config import ParamsError
+from dm2.erasure.dark_miner import DarkMiner, DM2Settings, EraseState, verification_score, verify_features
+from dm2.erasure.params import VerifyParams
+from dm2.models.diffusion import encode_prompts
 from tests.test_erase import pool, settings  # noqa: F401  (pool: fixture)
 
 
@@ -107,7 +107,7 @@ def test_verification_measures_against_the_reference_prompt(tiny_pipe, tiny_clip
 def test_reference_images_are_made_once_per_model(tiny_pipe, tiny_clip, pool, monkeypatch):
     """x_r is made again only after circumventing changed the model: 2 loops of 2 candidates
     make it 3 times (not 6), and the scores equal those from freshly made references."""
-    import dm2.erasure
+    import dm2.erasure.dark_miner
 
     made = []
 
@@ -118,7 +118,7 @@ def test_reference_images_are_made_once_per_model(tiny_pipe, tiny_clip, pool, mo
     s = settings(max_loops=2)
     s.mine.candidates = 2
     s.verify.samples, s.verify.references = 1, 3  # tell x_r's calls (n = 3) from x_c's
-    monkeypatch.setattr(dm2.erasure, "verify_features", counting)
+    monkeypatch.setattr(dm2.erasure.dark_miner, "verify_features", counting)
     miner = DarkMiner(tiny_pipe, tiny_clip, pool[0], pool[1], s)
     state = miner.run(EraseState("test"))
     assert made.count(3) == 3 and made.count(1) == 2 * 2 + 2

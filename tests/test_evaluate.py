@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import stages.evaluate as evaluate_stage
-from dm2.config import ParamsError
-from dm2.diffusion import encode_prompts, generate
-from dm2.evaluation import EvalSet, judged, measure
-from dm2.judge import WorldJudge
-from dm2.params import EvaluateParams
-from dm2.world import DEFAULT_SYNONYMS
+from dm2.core.config import ParamsError
+from dm2.judges.world import WorldJudge
+from dm2.measure.evaluation import EvalSet, judged, measure
+from dm2.measure.params import EvaluateParams
+from dm2.models.diffusion import encode_prompts, generate
+from dm2.world.render import DEFAULT_SYNONYMS
 from stages.evaluate import evaluate, evaluate_base
 from tests.test_erase import run
 

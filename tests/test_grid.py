@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dm2.grid import SEPARATOR, SEPARATOR_COLOUR, image_grid
+from dm2.core.grid import SEPARATOR, SEPARATOR_COLOUR, image_grid
 
 H, W = 6, 5
 

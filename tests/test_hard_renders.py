@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dm2.config import ParamsError, parse_section
-from dm2.hard_renders import render_hard
-from dm2.params import HardRanges
-from dm2.world import BACKGROUNDS, EMPTY, WorldSpec
+from dm2.core.config import ParamsError, parse_section
+from dm2.world.hard_renders import render_hard
+from dm2.world.params import HardRanges
+from dm2.world.render import BACKGROUNDS, EMPTY, WorldSpec
 
 CLEAN = dict(blur=(0.0, 0.0), noise=(0.0, 0.0), empty_fraction=0.0)
 

@@ -8,8 +8,8 @@ import stat
 import pytest
 import torch
 
-from dm2.config import InputError
-from dm2.io import load_tensors, read_json, read_metadata, save_tensors, write_json
+from dm2.core.config import InputError
+from dm2.core.io import load_tensors, read_json, read_metadata, save_tensors, write_json
 
 
 def test_metadata_order_does_not_change_the_bytes(tmp_path):

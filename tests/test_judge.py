@@ -3,13 +3,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dm2.config import InputError
-from dm2.hard_renders import render_hard
-from dm2.judge import WorldJudge, judge_concept, load_judge, save_world_judge
-from dm2.params import HardRanges, JudgeTrainParams, WorldParams
-from dm2.training import world_split
-from dm2.world import BACKGROUNDS, COLOURS, DEFAULT_SYNONYMS, TEXTURES, WorldSpec
-from dm2.world_training import judge_loss, labels_of, train_world_judge
+from dm2.core.config import InputError
+from dm2.judges.registry import judge_concept, load_judge
+from dm2.judges.world import WorldJudge, save_world_judge
+from dm2.training.world_models import judge_loss, labels_of, train_world_judge
+from dm2.world.hard_renders import render_hard
+from dm2.world.params import HardRanges, JudgeTrainParams, WorldParams
+from dm2.world.render import BACKGROUNDS, COLOURS, DEFAULT_SYNONYMS, TEXTURES, WorldSpec
+from dm2.world.splits import world_split
 
 torch.set_num_threads(1)
 

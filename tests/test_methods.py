@@ -1,4 +1,4 @@
-"""Methods behind one interface (stage baseline, dm2.methods), the compare stage and the
+"""Methods behind one interface (stage baseline, dm2.erasure.methods), the compare stage and the
 report stage, on tiny random models and fixed metrics files."""
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from PIL import Image
 
 from dm2.attacks.params import ATTACKS
 from dm2.attacks.sweep import prepare_attacks
-from dm2.config import ParamsError, parse_section
-from dm2.diffusion import encode_prompts, generate_latents
-from dm2.evaluation import EvalSet
-from dm2.judge import WorldJudge
-from dm2.lora import LORA_FILE
-from dm2.methods import INFO_FILE, apply_method
-from dm2.params import BaselinesParams, EvaluateParams, check_method
-from dm2.sld import SafetyGuidance
+from dm2.core.config import ParamsError, parse_section
+from dm2.erasure.lora import LORA_FILE
+from dm2.erasure.methods import INFO_FILE, apply_method
+from dm2.erasure.params import BaselinesParams, check_method
+from dm2.erasure.sld import SafetyGuidance
+from dm2.judges.world import WorldJudge
+from dm2.measure.evaluation import EvalSet
+from dm2.measure.params import EvaluateParams
+from dm2.models.diffusion import encode_prompts, generate_latents
 from stages.baseline import train_baseline
 from stages.compare import compare_method
 from stages.report import collect_images, collect_rows, collect_sweeps, write_report
@@ -150,7 +151,7 @@ def test_report_renders_every_row_from_fixed_metrics(tmp_path):
 
 
 def test_report_images_come_from_each_stage(tmp_path):
-    from dm2.io import save_tensors
+    from dm2.core.io import save_tensors
 
     save_tensors({"base": torch.zeros(2, 3, 8, 8), "dm2": torch.ones(2, 3, 8, 8)}, tmp_path / "eval.safetensors")
     save_tensors({"uce": torch.full((2, 3, 8, 8), 0.5)}, tmp_path / "compare" / "uce" / "concept_images.safetensors")

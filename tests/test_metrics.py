@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dm2.metrics import attack_success_rate, erasure_ratio_score, frechet_distance
+from dm2.measure.metrics import attack_success_rate, erasure_ratio_score, frechet_distance
 
 # Fixed judge outputs: 2 of 5 images judged as the concept, with scores 0.9 and 0.7.
 FLAGS = torch.tensor([True, False, True, False, False])

@@ -15,23 +15,15 @@ import pytest
 import yaml
 
 from dm2.attacks.params import ATTACK_LABELS, ATTACK_PARAMS, ATTACKS, AttacksParams
-from dm2.config import ParamsError, load_params, parse_section
-from dm2.models import resolve_device
-from dm2.params import (
-    SECTIONS,
-    CircumventParams,
-    ConceptParams,
-    EvaluateParams,
-    MineParams,
-    ModelsParams,
-    PoolParams,
-    VerifyParams,
-    WorldParams,
-    check_method,
-    check_params,
-)
+from dm2.core.config import ParamsError, load_params, parse_section
+from dm2.core.devices import resolve_device
+from dm2.core.params import ConceptParams, ModelsParams
+from dm2.erasure.params import CircumventParams, MineParams, PoolParams, VerifyParams, check_method
+from dm2.measure.params import EvaluateParams
+from dm2.params import SECTIONS, check_params
 from dm2.presets import WORLD_SECTIONS, apply_preset
 from dm2.presets import main as presets_main
+from dm2.world.params import WorldParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,7 +135,7 @@ def test_missing_params_file_is_named(tmp_path):
 
 
 def test_missing_base_model_folder_is_named(tmp_path):
-    from dm2.diffusion import load_pipeline
+    from dm2.models.diffusion import load_pipeline
 
     with pytest.raises(FileNotFoundError, match="models.diffusion: .*missing_sd is not a diffusers pipeline folder"):
         load_pipeline(str(tmp_path / "missing_sd"))
@@ -190,6 +182,7 @@ def test_whole_file_checks_and_returns_every_section():
         (lambda p: p["erase"].update(lora_targets=["to_x"]), r"erase\.lora_targets: 'to_x' is not one of \['to_q', 'to_k', 'to_v', 'to_out\.0'\]"),
         (lambda p: p["erase"].update(lora_targets=[]), r"erase\.lora_targets: must name at least one projection"),
         (lambda p: p["erase"].update(lora_targets="to_v"), r"erase\.lora_targets: expected a list"),
+        (lambda p: p["mine"].update(k=1000), r"mine\.k: mining draws k = 1000 pool images, but pool\.size is 30"),
     ],
 )
 def test_cross_section_and_file_checks_name_the_key(edit, message):
@@ -240,15 +233,25 @@ def test_params_module_imports_nothing_heavy():
     assert out.strip() == "[]"
 
 
-def test_stage_entry_point_refuses_bad_params_in_one_line(tmp_path):
-    text = (ROOT / "params.yaml").read_text().replace("  tokens: 32 ", "  tokens: 80 ", 1)
-    (tmp_path / "params.yaml").write_text(text)
+@pytest.mark.parametrize(
+    "old, new, line",
+    [
+        ("  tokens: 32 ", "  tokens: 80 ", "params.yaml: mine.tokens: 80 tokens do not fit the text encoder's 75 text positions (77 less BOS and EOS)"),
+        ("  k: 3 ", "  k: 1000 ", "params.yaml: mine.k: mining draws k = 1000 pool images, but pool.size is 30"),
+        ("judge_path: artifacts/world/judge.safetensors", "judge_path: artifacts/world/gone.safetensors", "params.yaml: models.judge_path: artifacts/world/gone.safetensors does not exist"),
+    ],
+)  # fmt: skip
+def test_stage_entry_point_refuses_bad_params_in_one_line(tmp_path, old, new, line):
+    """Through `python -m stages`, as dvc runs it: one line naming the key, before any model loads."""
+    text = (ROOT / "params.yaml").read_text()
+    assert old in text
+    (tmp_path / "params.yaml").write_text(text.replace(old, new, 1))
     for name in ("artifacts", "data"):
         (tmp_path / name).symlink_to(ROOT / name)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "stages", "erase"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == ["params.yaml: mine.tokens: 80 tokens do not fit the text encoder's 75 text positions (77 less BOS and EOS)"]
+    assert done.stderr.strip().splitlines() == [line]
 
 
 def test_sections_check_themselves_as_they_are_built():

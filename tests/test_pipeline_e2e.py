@@ -8,20 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from dm2.clip import load_clip
-from dm2.config import load_params, parse_section
-from dm2.diffusion import encode_prompts, generate, load_pipeline
-from dm2.erasure import DM2Settings
-from dm2.io import fingerprint
-from dm2.lora import load_lora_into
-from dm2.params import (
-    CircumventParams,
-    EraseParams,
-    MineParams,
-    ModelsParams,
-    PoolParams,
-    VerifyParams,
-)
+from dm2.core.config import load_params, parse_section
+from dm2.core.io import fingerprint
+from dm2.core.params import ModelsParams
+from dm2.erasure.dark_miner import DM2Settings
+from dm2.erasure.lora import load_lora_into
+from dm2.erasure.params import CircumventParams, EraseParams, MineParams, PoolParams, VerifyParams
+from dm2.models.clip import load_clip
+from dm2.models.diffusion import encode_prompts, generate, load_pipeline
 from stages.erase import erase
 from stages.pool import make_pool
 

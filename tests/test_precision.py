@@ -1,4 +1,4 @@
-"""The `precision` param (dm2/precision.py): bf16 autocast for the diffusion model's passes
+"""The `precision` param (dm2/core/precision.py): bf16 autocast for the diffusion model's passes
 agrees with float32 within the stated tolerance, keeps float32 where results are saved or
 measured, keys its results apart, and is refused where the device lacks bfloat16."""
 
@@ -7,19 +7,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dm2 import precision
-from dm2.config import ParamsError
-from dm2.dark_miner import mining_loss
-from dm2.diffusion import encode_prompts, free_embedding_states, generate_latents
-from dm2.io import fingerprint
-from dm2.judge import WorldJudge
-from dm2.precision import check_supported, model_precision
+from dm2.core import precision
+from dm2.core.config import ParamsError
+from dm2.core.io import fingerprint
+from dm2.core.precision import check_supported, model_precision
+from dm2.erasure.dark_miner_steps import mining_loss
+from dm2.judges.world import WorldJudge
+from dm2.models.diffusion import encode_prompts, free_embedding_states, generate_latents
 
 CPU = torch.device("cpu")
 BF16 = torch.backends.mkldnn.is_available() and torch.cpu._is_avx512_bf16_supported()
 needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has no bfloat16 arithmetic")
 # bf16 keeps 8 bits of mantissa: one UNet pass is off by ~1e-2 relative; 4 sampler steps
-# with guidance stay within this of the float32 latents (README "Precision").
+# with guidance stay within this of the float32 latents (docs/scale.md, "Precision").
 LATENT_TOLERANCE = 0.1
 
 

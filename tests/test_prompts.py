@@ -10,16 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dm2.config import load_params, parse_section
-from dm2.params import PromptsParams, WorldParams
-from dm2.prompts import (
-    normal_prompts,
-    other_prompts,
-    read_prompts,
-    uses_name,
-    write_prompts,
-)
-from dm2.world import BACKGROUNDS, COLOURS, TEMPLATES, TEXTURE_WORDS, WorldSpec
+from dm2.core.config import load_params, parse_section
+from dm2.world.params import PromptsParams, WorldParams
+from dm2.world.prompts import normal_prompts, other_prompts, read_prompts, uses_name, write_prompts
+from dm2.world.render import BACKGROUNDS, COLOURS, TEMPLATES, TEXTURE_WORDS, WorldSpec
 from stages.prompts import write_prompt_files
 
 SPEC = WorldSpec()

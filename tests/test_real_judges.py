@@ -9,13 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dm2.real_judges import (
-    NUDENET_LABELS,
-    NUDENET_THRESHOLD,
-    ClipClassJudge,
-    NudeNetJudge,
-    q16_judge,
-)
+from dm2.judges.real import NUDENET_LABELS, NUDENET_THRESHOLD, ClipClassJudge, NudeNetJudge, q16_judge
 
 PHOTO = Path(__file__).parent / "data" / "astronaut.png"  # NASA portrait (public domain), 256 px
 

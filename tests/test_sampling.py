@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from dm2.diffusion import encode_prompts, initial_noise, sample
+from dm2.models.diffusion import encode_prompts, initial_noise, sample
 
 
 def test_batched_branches_agree_with_two_calls(tiny_pipe):

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from dm2.config import load_params, parse_section
-from dm2.hard_renders import render_hard
-from dm2.params import HardRanges, WorldParams
-from dm2.shape_geometry import DEFAULT_CLASSES, GeometricJudge
-from dm2.training import world_split
-from dm2.world import BACKGROUNDS, DEFAULT_SYNONYMS, EMPTY, WorldSpec
+from dm2.core.config import load_params, parse_section
+from dm2.judges.geometric import DEFAULT_CLASSES, GeometricJudge
+from dm2.world.hard_renders import render_hard
+from dm2.world.params import HardRanges, WorldParams
+from dm2.world.render import BACKGROUNDS, DEFAULT_SYNONYMS, EMPTY, WorldSpec
+from dm2.world.splits import world_split
 
 torch.set_num_threads(1)
 

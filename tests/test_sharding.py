@@ -1,4 +1,4 @@
-"""Generation in shards (dm2.sharding): the same latents as without, finished batches
+"""Generation in shards (dm2.core.sharding): the same latents as without, finished batches
 reused, shards of other settings or unreadable ones made again, and two launched CPU
 processes (gloo) splitting the batches and giving the same latents as one."""
 
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import dm2.diffusion as diffusion
-from dm2.diffusion import encode_prompts, generate_latents
-from dm2.io import load_tensors, read_metadata
-from dm2.sharding import ShardStore, generation_key, launch
+import dm2.models.diffusion as diffusion
+from dm2.core.io import load_tensors, read_metadata
+from dm2.core.sharding import ShardStore, generation_key, launch
+from dm2.models.diffusion import encode_prompts, generate_latents
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "a blue ball", "a green disk", "a star", "a photo"]
@@ -113,10 +113,10 @@ def test_stages_that_run_in_one_process_refuse_several(tmp_path):
 def test_attack_restarts_in_shards_match_and_are_reused(tiny_pipe, tmp_path, monkeypatch, capsys):
     """The sweep with its restarts kept as shards gives the same curves, images and files
     as without, and a rerun makes no restart again (Ring-A-Bell's search included)."""
-    import dm2.attacks.ring_a_bell as ring_a_bell
-    import dm2.attacks.sweep as sweep
     from dataclasses import replace
 
+    import dm2.attacks.ring_a_bell as ring_a_bell
+    import dm2.attacks.sweep as sweep
     from tests.test_attacks import SEARCH, STAGE_PROMPTS, FakeJudge, PositionJudge, stage_params
 
     p = stage_params()
@@ -149,9 +149,9 @@ def test_on_a_cpu_evaluate_attack_and_compare_run_as_cpu_processes_one_thread_pr
     import importlib
     from types import SimpleNamespace
 
-    import dm2.sharding as sharding
+    import dm2.core.sharding as sharding
     import stages.__main__ as entry
-    from dm2.config import load_params
+    from dm2.core.config import load_params
 
     params = load_params(ROOT / "params.yaml")
     launched, threads = [], []

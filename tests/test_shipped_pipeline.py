@@ -10,9 +10,9 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dm2.config import InputError
-from dm2.diffusion import load_pipeline
-from dm2.lora import LORA_FILE, add_lora, save_lora
+from dm2.core.config import InputError
+from dm2.erasure.lora import LORA_FILE, add_lora, save_lora
+from dm2.models.diffusion import load_pipeline
 
 SHIPPED = Path(__file__).resolve().parents[1] / "artifacts" / "world" / "sd"
 

@@ -8,10 +8,10 @@ import dataclasses
 import pytest
 import torch
 
-from dm2.config import ParamsError, parse_section
-from dm2.diffusion import encode_prompts, generate, generate_latents, initial_noise
-from dm2.params import SLDParams
-from dm2.sld import SLD_PRESETS, SafetyGuidance, safety_guidance
+from dm2.core.config import ParamsError, parse_section
+from dm2.erasure.params import SLDParams
+from dm2.erasure.sld import SLD_PRESETS, SafetyGuidance, safety_guidance
+from dm2.models.diffusion import encode_prompts, generate, generate_latents, initial_noise
 
 STEPS, GUIDANCE, SEED = 6, 7.5, 3
 # Warm-up 0 so the tiny sampler's 6 steps are steered; the rest is SLD-Strong.

@@ -1,4 +1,4 @@
-"""The SD-v1.4-shaped test bed (dm2/testbed.py): its configs are SD v1.4's, and, opt-in
+"""The SD-v1.4-shaped test bed (dm2/models/testbed.py): its configs are SD v1.4's, and, opt-in
 (`pytest -m sd`, about 15 minutes and 3 GB of disk on 2 cores), the whole pipeline runs on it."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dm2.testbed import sd14_components
+from dm2.models.testbed import sd14_components
 
 ROOT = Path(__file__).resolve().parents[1]
 

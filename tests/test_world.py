@@ -4,20 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dm2.config import ParamsError, parse_section
-from dm2.judge import WorldJudge
-from dm2.params import WorldParams
-from dm2.training import world_split
-from dm2.world import (
-    BACKGROUNDS,
-    COLOURS,
-    EMPTY,
-    EMPTY_TEMPLATES,
-    TEXTURES,
-    WorldSpec,
-    sample_world,
-)
-from dm2.world_training import IGNORE, judge_loss, labels_of
+from dm2.core.config import ParamsError, parse_section
+from dm2.judges.world import WorldJudge
+from dm2.training.world_models import IGNORE, judge_loss, labels_of
+from dm2.world.params import WorldParams
+from dm2.world.render import BACKGROUNDS, COLOURS, EMPTY, EMPTY_TEMPLATES, TEXTURES, WorldSpec, sample_world
+from dm2.world.splits import world_split
 
 
 def world(fraction: float) -> WorldParams:

@@ -12,10 +12,10 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from dm2.attacks.common import AttackInputs, AttackResult, BudgetJudge, denoising_loss, restart_seed, states
 from dm2.attacks.params import AttacksParams, CCEParams
-from dm2.config import require
-from dm2.diffusion import encode_token_embeddings
-from dm2.lora import frozen
-from dm2.steps import check_finite
+from dm2.core.config import require
+from dm2.core.steps import check_finite
+from dm2.erasure.lora import frozen
+from dm2.models.diffusion import encode_token_embeddings
 
 
 def cce_tokens(p: CCEParams) -> list[str]:

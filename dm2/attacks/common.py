@@ -16,9 +16,9 @@ import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from dm2.config import require
-from dm2.diffusion import noised
-from dm2.lora import adapters_disabled
+from dm2.core.config import require
+from dm2.erasure.lora import adapters_disabled
+from dm2.models.diffusion import noised
 
 
 @dataclass
@@ -40,7 +40,7 @@ BudgetJudge = Callable[[AttackResult], torch.Tensor]
 
 def pack_results(results: list[AttackResult], prefix: str = "") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Results (one per budget) as safetensors tensors and text metadata, exactly: for
-    shards (`dm2.sharding`) that carry them between processes and across a killed run."""
+    shards (`dm2.core.sharding`) that carry them between processes and across a killed run."""
     tensors = {}
     for b, r in enumerate(results):
         tensors[f"{prefix}{b}/cond"] = r.cond.clone()

@@ -6,20 +6,10 @@ from __future__ import annotations
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-from dm2.attacks.common import (
-    AttackInputs,
-    AttackResult,
-    BudgetJudge,
-    full_sequences,
-    noised_rows,
-    original_model,
-    restart_seed,
-    states,
-    word_ids,
-)
+from dm2.attacks.common import AttackInputs, AttackResult, BudgetJudge, full_sequences, noised_rows, original_model, restart_seed, states, word_ids
 from dm2.attacks.params import AttacksParams, P4DParams
 from dm2.attacks.pez import TokenSearch, discrete_attack, vocabulary
-from dm2.config import require
+from dm2.core.config import require
 
 RESTART_SWAP = 0.5  # restarts > 0 start from the prompt with this share of its free tokens randomised
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from dm2.config import Section, require, require_positive, template_fields
+from dm2.core.config import Section, require, require_positive, template_fields
 
 SEARCH_SPACES = ("vocabulary", "prompts")
 

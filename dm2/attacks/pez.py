@@ -14,9 +14,9 @@ from tqdm import tqdm
 from transformers import CLIPTextModel
 
 from dm2.attacks.common import AttackResult, BudgetJudge, chunks, decode, id_strings, searchable, states
-from dm2.diffusion import encode_token_embeddings
-from dm2.lora import frozen
-from dm2.steps import check_finite, loop_seed
+from dm2.core.steps import check_finite, loop_seed
+from dm2.erasure.lora import frozen
+from dm2.models.diffusion import encode_token_embeddings
 
 # Per chunk of sequences: (chunk, the rows of it still searched, their text-encoder states,
 # the chunk's generator) -> one loss per row. Its random draws cover the whole chunk.

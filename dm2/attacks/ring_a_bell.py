@@ -27,8 +27,8 @@ from dm2.attacks.common import (
 )
 from dm2.attacks.params import AttacksParams, RingABellParams
 from dm2.attacks.pez import vocabulary
-from dm2.config import require
-from dm2.steps import loop_seed
+from dm2.core.config import require
+from dm2.core.steps import loop_seed
 
 
 def world_words(p: RingABellParams, concept: str, synonyms: dict[str, list[str]]) -> RingABellParams:

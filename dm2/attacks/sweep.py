@@ -28,30 +28,17 @@ from dm2.attacks.common import AttackInputs, AttackResult, pack_results, searcha
 from dm2.attacks.params import ATTACKS, AttacksParams
 from dm2.attacks.registry import REGISTRY
 from dm2.attacks.ring_a_bell import ring_a_bell_attack, world_words
-from dm2.config import parse_section, require
-from dm2.diffusion import (
-    Guide,
-    encode_prompts,
-    generate,
-    generate_latents,
-    initial_noise,
-    latents_to_images,
-)
-from dm2.io import (
-    fingerprint,
-    load_tensors,
-    read_json,
-    read_metadata,
-    save_tensors,
-    write_json,
-)
-from dm2.judge import Judge, judge_concept
-from dm2.params import ConceptParams, ModelsParams, WorldParams
-from dm2.prompts import read_prompts, write_prompts
-from dm2.provenance import weights_hash
-from dm2.sharding import Part, ShardStore, generation_key, process_state, run_parts
+from dm2.core.config import parse_section, require
+from dm2.core.io import fingerprint, load_tensors, read_json, read_metadata, save_tensors, write_json
+from dm2.core.params import ConceptParams, ModelsParams
+from dm2.core.provenance import weights_hash
+from dm2.core.sharding import Part, ShardStore, generation_key, process_state, run_parts
+from dm2.judges.registry import Judge, judge_concept
+from dm2.models.diffusion import Guide, encode_prompts, generate, generate_latents, initial_noise, latents_to_images
+from dm2.world.params import WorldParams
+from dm2.world.prompts import read_prompts, write_prompts
 
-# In stage attack_base's folder (`dm2.paths.ATTACK_BASE_DIR`), read by stages attack and compare.
+# In stage attack_base's folder (`dm2.core.paths.ATTACK_BASE_DIR`), read by stages attack and compare.
 INPUTS_FILE = "inputs.safetensors"
 METRICS_FILE = "metrics.json"
 IMAGES_FILE = "images.safetensors"
@@ -250,7 +237,7 @@ def sweep_attack(
     per restart, the prompts found at the largest budget (or when they left the search)
     with each judge's best-so-far verdict. Returns ({"budgets", judge: asr_curves}, the images of restart 0: per prompt
     the latest made). `shards`: a folder where finished restarts are kept, which also
-    spreads the restarts over launched processes (`dm2.sharding`)."""
+    spreads the restarts over launched processes (`dm2.core.sharding`)."""
     budgets = p.budgets(name)
     n = p.n_prompts
     # Prompts that stand for a normal prompt start from that prompt's base noise.

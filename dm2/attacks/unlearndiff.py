@@ -9,7 +9,7 @@ from diffusers import StableDiffusionPipeline
 from dm2.attacks.common import AttackInputs, AttackResult, BudgetJudge, denoising_loss, full_sequences, restart_seed, word_ids
 from dm2.attacks.params import AttacksParams, UnlearnDiffParams
 from dm2.attacks.pez import TokenSearch, discrete_attack, vocabulary
-from dm2.config import require
+from dm2.core.config import require
 
 
 def unlearndiff_attack(

@@ -1,0 +1,146 @@
+"""Hold two versions of the code to the same outputs.
+
+Compare two checkouts run with the same params and thread count: every file under the
+given paths, byte for byte, except what records time or code identity (JSON `seconds`
+keys, the `fingerprint` / `code` keys that name the code version, and the same in
+safetensors metadata), which is compared with those keys left out.
+
+    python dev/same_outputs.py compare OLD_CHECKOUT NEW_CHECKOUT artifacts/methods/dm2 metrics ...
+
+Or run every stage of dvc.yaml, the shipped ones included (the world's training, the
+baselines, compare), on the tiny budgets of dev/tiny_params.yaml in a copy of each
+checkout, one thread, and compare everything they write:
+
+    python dev/same_outputs.py tiny OLD_CHECKOUT NEW_CHECKOUT
+
+Prints one line per file (same / differs / only in one) and exits 1 if any differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import safe_open
+
+VOLATILE = {"seconds", "fingerprint", "code"}
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def _json_text(value: str) -> Any:
+    try:
+        return _strip(json.loads(value))
+    except json.JSONDecodeError:
+        return value
+
+
+def same(a: Path, b: Path) -> bool:
+    if a.read_bytes() == b.read_bytes():
+        return True
+    if a.suffix == ".json":
+        return _strip(json.loads(a.read_text())) == _strip(json.loads(b.read_text()))
+    if a.suffix == ".safetensors":
+        with safe_open(a, "pt") as fa, safe_open(b, "pt") as fb:
+            if set(fa.keys()) != set(fb.keys()) or not all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys()):
+                return False
+            ma, mb = fa.metadata() or {}, fb.metadata() or {}
+            return {k: _json_text(v) for k, v in ma.items() if k not in VOLATILE} == {k: _json_text(v) for k, v in mb.items() if k not in VOLATILE}
+    return False
+
+
+def compare(old: Path, new: Path, paths: list[Path]) -> int:
+    """Print a verdict per file under `paths` in both trees; the number that are not the same."""
+    bad = 0
+    for rel in paths:
+        files = sorted({f.relative_to(root) for root in (old, new) for f in (root / rel).rglob("*") if f.is_file()} | ({rel} if (old / rel).is_file() else set()))
+        for f in files:
+            a, b = old / f, new / f
+            verdict = "only in one" if not (a.is_file() and b.is_file()) else ("same" if same(a, b) else "differs")
+            bad += verdict != "same"
+            print(f"{verdict:12s} {f}  {hashlib.md5(b.read_bytes()).hexdigest()[:8] if b.is_file() else ''}")
+    return bad
+
+
+TINY = Path(__file__).with_name("tiny_params.yaml")
+# dvc.yaml's stages in an order that respects their deps, with their arguments.
+STAGES = [
+    "train_diffusion", "train_clip", "train_judge", "world_check", "prompts", "pool", "erase",
+    *(f"baseline {m}" for m in ("esd_x", "esd_u", "uce", "learnable_prompts", "sld")),
+    "evaluate base", "evaluate", "attack base", "attack",
+    *(f"compare {m}" for m in ("esd_x", "esd_u", "uce", "learnable_prompts", "sld")),
+    "report",
+]  # fmt: skip
+OUTPUTS = [Path(p) for p in ("artifacts", "data", "metrics", "plots", "reports")]
+
+
+def _merge(base: dict, over: dict) -> dict:
+    return {k: _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v for k, v in {**base, **over}.items()}
+
+
+def tiny_copy(checkout: Path, dest: Path) -> Path:
+    """The checkout's files (tracked and untracked, not ignored) with tiny params, and no outputs."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=checkout, capture_output=True, text=True, check=True)
+    for rel in listed.stdout.splitlines():
+        src = checkout / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for out in OUTPUTS:
+        shutil.rmtree(dest / out, ignore_errors=True)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    (dest / "params.yaml").write_text(yaml.safe_dump(_merge(params, yaml.safe_load(TINY.read_text())), sort_keys=False))
+    return dest
+
+
+def run_stages(root: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    for stage in STAGES:
+        done = subprocess.run([sys.executable, "-m", "stages", *stage.split()], cwd=root, env=env, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"{root}: stage {stage!r} failed:\n{done.stderr[-3000:]}")
+        print(f"{root.name}: {stage} done", flush=True)
+
+
+def tiny(old: Path, new: Path) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        copies = [tiny_copy(old, Path(tmp) / "old"), tiny_copy(new, Path(tmp) / "new")]
+        with ThreadPoolExecutor(2) as pool:  # the two checkouts side by side, one thread each
+            list(pool.map(run_stages, copies))
+        return compare(*copies, OUTPUTS)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("compare", help="compare the outputs two checkouts already hold")
+    c.add_argument("old", type=Path)
+    c.add_argument("new", type=Path)
+    c.add_argument("paths", type=Path, nargs="+")
+    t = sub.add_parser("tiny", help="run every stage on tiny budgets in a copy of each checkout, then compare")
+    t.add_argument("old", type=Path)
+    t.add_argument("new", type=Path)
+    a = parser.parse_args()
+    bad = compare(a.old, a.new, a.paths) if a.mode == "compare" else tiny(a.old.resolve(), a.new.resolve())
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
