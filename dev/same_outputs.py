@@ -2,14 +2,15 @@
 
 Compare two checkouts run with the same params and thread count: every file under the
 given paths, byte for byte, except what records time or code identity (JSON `seconds`
-keys, the `fingerprint` / `code` keys that name the code version, and the same in
-safetensors metadata), which is compared with those keys left out.
+keys and `*_seconds` ones, the `fingerprint` / `code` keys that name the code version, and
+the same in safetensors metadata), which is compared with those keys left out.
 
     python dev/same_outputs.py compare OLD_CHECKOUT NEW_CHECKOUT artifacts/methods/dm2 metrics ...
 
 Or run every stage of dvc.yaml, the shipped ones included (the world's training, the
 baselines, compare), on the tiny budgets of dev/tiny_params.yaml in a copy of each
-checkout, one thread, and compare everything they write:
+checkout, one thread, each stage's declared outputs removed first as `dvc repro` does, and
+compare every output dvc.yaml declares:
 
     python dev/same_outputs.py tiny OLD_CHECKOUT NEW_CHECKOUT
 
@@ -37,9 +38,14 @@ from safetensors import safe_open
 VOLATILE = {"seconds", "fingerprint", "code"}
 
 
+def _volatile(key: str) -> bool:
+    """Keys that record time (`seconds`, `vae_seconds`) or the code's identity."""
+    return key in VOLATILE or key.endswith("_seconds")
+
+
 def _strip(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE}
+        return {k: _strip(v) for k, v in value.items() if not _volatile(k)}
     if isinstance(value, list):
         return [_strip(v) for v in value]
     return value
@@ -62,7 +68,7 @@ def same(a: Path, b: Path) -> bool:
             if set(fa.keys()) != set(fb.keys()) or not all(torch.equal(fa.get_tensor(k), fb.get_tensor(k)) for k in fa.keys()):
                 return False
             ma, mb = fa.metadata() or {}, fb.metadata() or {}
-            return {k: _json_text(v) for k, v in ma.items() if k not in VOLATILE} == {k: _json_text(v) for k, v in mb.items() if k not in VOLATILE}
+            return {k: _json_text(v) for k, v in ma.items() if not _volatile(k)} == {k: _json_text(v) for k, v in mb.items() if not _volatile(k)}
     return False
 
 
@@ -70,7 +76,7 @@ def compare(old: Path, new: Path, paths: list[Path]) -> int:
     """Print a verdict per file under `paths` in both trees; the number that are not the same."""
     bad = 0
     for rel in paths:
-        files = sorted({f.relative_to(root) for root in (old, new) for f in (root / rel).rglob("*") if f.is_file()} | ({rel} if (old / rel).is_file() else set()))
+        files = sorted({f.relative_to(root) for root in (old, new) for f in (root / rel).rglob("*") if f.is_file()} | ({rel} if (old / rel).is_file() or (new / rel).is_file() else set()))
         for f in files:
             a, b = old / f, new / f
             verdict = "only in one" if not (a.is_file() and b.is_file()) else ("same" if same(a, b) else "differs")
@@ -88,7 +94,6 @@ STAGES = [
     *(f"compare {m}" for m in ("esd_x", "esd_u", "uce", "learnable_prompts", "sld")),
     "report",
 ]  # fmt: skip
-OUTPUTS = [Path(p) for p in ("artifacts", "data", "metrics", "plots", "reports")]
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -96,23 +101,45 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def tiny_copy(checkout: Path, dest: Path) -> Path:
-    """The checkout's files (tracked and untracked, not ignored) with tiny params, and no outputs."""
+    """The checkout's files (tracked and untracked, not ignored), with tiny params."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=checkout, capture_output=True, text=True, check=True)
     for rel in listed.stdout.splitlines():
         src = checkout / rel
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    for out in OUTPUTS:
-        shutil.rmtree(dest / out, ignore_errors=True)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     (dest / "params.yaml").write_text(yaml.safe_dump(_merge(params, yaml.safe_load(TINY.read_text())), sort_keys=False))
     return dest
 
 
+def stage_outputs(root: Path) -> dict[str, list[str]]:
+    """Per stage command (`train_clip`, `baseline esd_x`), the outputs dvc.yaml declares for it."""
+    outs: dict[str, list[str]] = {}
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for body in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
+        items = body.get("foreach", [None])
+        if isinstance(items, str):  # `${compare.methods}`: a list from params.yaml
+            value = params
+            for key in items.strip("${}").split("."):
+                value = value[key]
+            items = value
+        body = body.get("do", body)
+        for item in items:
+            command = " ".join(body["cmd"].split()[3:]).replace("${item}", str(item))
+            paths = [next(iter(e)) if isinstance(e, dict) else e for key in ("outs", "metrics", "plots") for e in body.get(key, [])]
+            outs[command] = [p.replace("${item}", str(item)) for p in paths]
+    return outs
+
+
 def run_stages(root: Path) -> None:
+    """Each stage as `dvc repro` runs it: its declared outputs removed first, then its command."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    outs = stage_outputs(root)
     for stage in STAGES:
+        for rel in outs[stage]:
+            path = root / rel
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         done = subprocess.run([sys.executable, "-m", "stages", *stage.split()], cwd=root, env=env, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"{root}: stage {stage!r} failed:\n{done.stderr[-3000:]}")
@@ -124,7 +151,8 @@ def tiny(old: Path, new: Path) -> int:
         copies = [tiny_copy(old, Path(tmp) / "old"), tiny_copy(new, Path(tmp) / "new")]
         with ThreadPoolExecutor(2) as pool:  # the two checkouts side by side, one thread each
             list(pool.map(run_stages, copies))
-        return compare(*copies, OUTPUTS)
+        declared = {Path(p) for paths in stage_outputs(copies[1]).values() for p in paths}
+        return compare(*copies, sorted(declared))
 
 
 def main() -> None:

@@ -26,10 +26,10 @@ same_outputs = _load("same_outputs")
 
 def test_same_ignores_only_time_and_code_identity(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    a.write_text(json.dumps({"ratio": 9.6, "seconds": 12.0, "nested": {"code": "x1", "asr": 50.0}}))
-    b.write_text(json.dumps({"ratio": 9.6, "seconds": 99.0, "nested": {"code": "y2", "asr": 50.0}}))
+    a.write_text(json.dumps({"ratio": 9.6, "seconds": 12.0, "nested": {"code": "x1", "asr": 50.0, "vae_seconds": 3.0}}))
+    b.write_text(json.dumps({"ratio": 9.6, "seconds": 99.0, "nested": {"code": "y2", "asr": 50.0, "vae_seconds": 4.0}}))
     assert same_outputs.same(a, b)
-    b.write_text(json.dumps({"ratio": 9.7, "seconds": 99.0, "nested": {"code": "y2", "asr": 50.0}}))
+    b.write_text(json.dumps({"ratio": 9.7, "seconds": 99.0, "nested": {"code": "y2", "asr": 50.0, "vae_seconds": 4.0}}))
     assert not same_outputs.same(a, b)
 
 
@@ -63,3 +63,10 @@ def test_tiny_params_are_a_valid_overlay_of_params_yaml():
     sections = check_params(tiny, ROOT)
     assert sections["train_unet"].steps == 3 and sections["erase"].max_loops == 2
     assert sections["mine"].tokens == params["mine"]["tokens"]  # what the overlay leaves out stays
+
+
+def test_tiny_run_covers_every_dvc_stage_with_its_declared_outputs():
+    outs = same_outputs.stage_outputs(ROOT)
+    assert set(outs) == set(same_outputs.STAGES), "dev/same_outputs.py STAGES and dvc.yaml's stages differ"
+    assert outs["erase"] == ["artifacts/methods/dm2", "metrics/erase.json", "plots/erase_s.json"]
+    assert outs["compare sld"] == ["artifacts/compare/sld", "metrics/compare/sld.json"]
