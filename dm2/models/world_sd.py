@@ -17,8 +17,6 @@ from dm2.models.tokenizer import MAX_LENGTH, build_clip_tokenizer
 TEXT_WIDTH = 64
 
 
-
-
 def world_scheduler() -> DDIMScheduler:
     return DDIMScheduler(**SD_SCHEDULE, clip_sample=False)
 
