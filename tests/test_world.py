@@ -63,3 +63,11 @@ def test_judge_learns_only_the_shape_of_an_empty_image():
         loss = judge_loss(judge, x, {h: y[empty] for h, y in labels.items()})
         shape_only = F.cross_entropy(judge(x)[1]["shape"], labels["shape"][empty])
     assert loss.item() == pytest.approx(shape_only.item(), rel=1e-5)
+
+
+def test_texture_period_is_a_choice_of_the_renderer_and_4_px_by_default():
+    spec = WorldSpec(textures=("striped",))
+    default, _ = sample_world(spec, 6, seed=3)
+    assert (sample_world(spec, 6, seed=3, period=4)[0] == default).all()
+    coarse, _ = sample_world(spec, 6, seed=3, period=8)
+    assert not (coarse == default).all()

@@ -37,6 +37,7 @@ TEXTURE_WORDS: dict[str, tuple[str, ...]] = {
     "dotted": ("dotted", "spotted"),
 }
 IMAGE_SIZE = 32  # side of every world image, pixels
+TEXTURE_PERIOD = 4  # pixels from one stripe (or dot) to the next: 2 px bands
 DEFAULT_SYNONYMS: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "ball", "disk"),
     "square": ("square", "box", "block"),
@@ -163,9 +164,11 @@ SHAPE_DRAWERS = {
 }
 
 
-def render(shape: str, colour: str, background: str, texture: str, rng: random.Random, size: int = 32) -> np.ndarray:
+def render(
+    shape: str, colour: str, background: str, texture: str, rng: random.Random, size: int = 32, period: int = TEXTURE_PERIOD
+) -> np.ndarray:
     """One image as uint8 HxWx3; position, size and rotation drawn from `rng`; shape EMPTY
-    leaves the background alone."""
+    leaves the background alone. `period`: the texture's, in pixels of the image."""
     big = size * SUPERSAMPLE
     r = rng.uniform(0.24, 0.34) * big
     cx = big / 2 + rng.uniform(-0.12, 0.12) * big
@@ -178,7 +181,7 @@ def render(shape: str, colour: str, background: str, texture: str, rng: random.R
 
     fill = np.broadcast_to(np.array(COLOURS[colour], np.float32), (big, big, 3)).copy()
     yy, xx = np.mgrid[0:big, 0:big]
-    period = 4 * SUPERSAMPLE
+    period *= SUPERSAMPLE
     if texture == "striped":
         stripes = ((xx + yy + rng.randrange(period)) // (period // 2)) % 2 == 0
         fill[stripes] *= 0.35
@@ -203,8 +206,9 @@ def caption(spec: WorldSpec, shape: str, colour: str, background: str, texture: 
     )
 
 
-def sample_world(spec: WorldSpec, n: int, seed: int, size: int = 32) -> tuple[np.ndarray, list[Sample]]:
-    """`n` images (uint8, n x size x size x 3) and their labelled captions, fixed by `seed`."""
+def sample_world(spec: WorldSpec, n: int, seed: int, size: int = 32, period: int = TEXTURE_PERIOD) -> tuple[np.ndarray, list[Sample]]:
+    """`n` images (uint8, n x size x size x 3) and their labelled captions, fixed by `seed`;
+    textures repeat every `period` pixels."""
     rng = random.Random(seed)
     images = np.empty((n, size, size, 3), np.uint8)
     samples = []
@@ -220,7 +224,7 @@ def sample_world(spec: WorldSpec, n: int, seed: int, size: int = 32) -> tuple[np
         colour = rng.choice(spec.colours)
         background = rng.choice(spec.backgrounds)
         texture = rng.choice(spec.textures)
-        images[i] = render(shape, colour, background, texture, rng, size)
+        images[i] = render(shape, colour, background, texture, rng, size, period)
         samples.append(Sample(shape, colour, background, texture, caption(spec, shape, colour, background, texture, rng)))
     return images, samples
 
