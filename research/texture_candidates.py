@@ -23,11 +23,11 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from dm2.core.io import write_json  # noqa: E402
 from dm2.models.diffusion import load_pipeline  # noqa: E402
-from dm2.training.loop import train_loop  # noqa: E402
+from dm2.training.world_models import train_vae  # noqa: E402
 from dm2.world.params import VaeParams  # noqa: E402
 from dm2.world.render import TEXTURES, WorldSpec, sample_world  # noqa: E402
 
@@ -111,22 +111,6 @@ def candidate_vae(latent_side: int) -> AutoencoderKL:
     )
 
 
-def train_candidate(images: torch.Tensor, latent_side: int, p: VaeParams, seed: int) -> AutoencoderKL:
-    """The shipped recipe's loss (dm2.training.world_models.train_vae) on a candidate VAE."""
-    torch.manual_seed(seed)
-    vae = candidate_vae(latent_side).train()
-    g = torch.Generator().manual_seed(seed + 1)
-
-    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
-        x = images[idx] * 2 - 1
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=g)).sample
-        return F.mse_loss(recon, x) + p.kl_weight * posterior.kl().mean() / x[0].numel()
-
-    train_loop(list(vae.parameters()), loss_fn, len(images), p, seed, f"vae{latent_side}")
-    return vae.eval().requires_grad_(False)
-
-
 @torch.no_grad()
 def round_trip(vae: AutoencoderKL, images: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -161,7 +145,9 @@ def main() -> None:
         train_images, _ = sample_world(spec, a.train, seed=0, period=period)
         held, samples = sample_world(spec, a.heldout, seed=20_000, period=period)
         start = time.perf_counter()
-        vae = train_candidate(torch.from_numpy(train_images).permute(0, 3, 1, 2).float() / 255.0, side, VaeParams(steps=a.steps, batch_size=48, lr=0.002, kl_weight=1e-4), 0)
+        images = torch.from_numpy(train_images).permute(0, 3, 1, 2).float() / 255.0
+        vae_p = VaeParams(steps=a.steps, batch_size=48, lr=0.002, kl_weight=1e-4)  # the shipped recipe's
+        vae = train_vae(images, vae_p, 0, partial(candidate_vae, side))[0]
         seconds = time.perf_counter() - start
         recon = round_trip(vae, held)
         np.savez_compressed(a.out / f"{name}_heldout.npz", renders=held, reconstructions=recon, textures=np.array([s.texture for s in samples]))

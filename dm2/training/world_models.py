@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Callable
 
 import open_clip
 import torch
 import torch.nn.functional as F
-from diffusers import StableDiffusionPipeline
+from diffusers import AutoencoderKL, StableDiffusionPipeline
 
 from dm2.judges.world import WorldJudge
 from dm2.models.clip import WORLD_CLIP, ClipModel, create_world_clip, model_preprocess, preprocess, zero_shot
@@ -32,9 +33,11 @@ from dm2.world.splits import world_split
 # ---------------------------------------------------------------- diffusion
 
 
-def train_vae(images: torch.Tensor, p: VaeParams, seed: int):
+def train_vae(images: torch.Tensor, p: VaeParams, seed: int, make_vae: Callable[[], AutoencoderKL] = world_vae):
+    """The world's VAE (or another design, `make_vae`) trained on `images` in [0, 1]; with the
+    latents of every image, scaled to unit variance as SD's are."""
     torch.manual_seed(seed)
-    vae = world_vae()
+    vae = make_vae()
     vae.train()
     g = torch.Generator().manual_seed(seed + 1)
 
