@@ -86,14 +86,6 @@ def compare(old: Path, new: Path, paths: list[Path]) -> int:
 
 
 TINY = Path(__file__).with_name("tiny_params.yaml")
-# dvc.yaml's stages in an order that respects their deps, with their arguments.
-STAGES = [
-    "train_diffusion", "train_clip", "train_judge", "world_check", "prompts", "pool", "erase",
-    *(f"baseline {m}" for m in ("esd_x", "esd_u", "uce", "learnable_prompts", "sld")),
-    "evaluate base", "evaluate", "attack base", "attack",
-    *(f"compare {m}" for m in ("esd_x", "esd_u", "uce", "learnable_prompts", "sld")),
-    "report",
-]  # fmt: skip
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -114,7 +106,8 @@ def tiny_copy(checkout: Path, dest: Path) -> Path:
 
 
 def stage_outputs(root: Path) -> dict[str, list[str]]:
-    """Per stage command (`train_clip`, `baseline esd_x`), the outputs dvc.yaml declares for it."""
+    """Per stage command (`train_clip`, `baseline esd_x`), the outputs dvc.yaml declares for it,
+    in dvc.yaml's order (which runs every stage after those it reads from)."""
     outs: dict[str, list[str]] = {}
     params = yaml.safe_load((root / "params.yaml").read_text())
     for body in yaml.safe_load((root / "dvc.yaml").read_text())["stages"].values():
@@ -135,9 +128,8 @@ def stage_outputs(root: Path) -> dict[str, list[str]]:
 def run_stages(root: Path) -> None:
     """Each stage as `dvc repro` runs it: its declared outputs removed first, then its command."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
-    outs = stage_outputs(root)
-    for stage in STAGES:
-        for rel in outs[stage]:
+    for stage, outs in stage_outputs(root).items():
+        for rel in outs:
             path = root / rel
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         done = subprocess.run([sys.executable, "-m", "stages", *stage.split()], cwd=root, env=env, capture_output=True, text=True)

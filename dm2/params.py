@@ -67,7 +67,6 @@ def _check_models(m: ModelsParams, root: Path, made: tuple[str, ...] = ()) -> No
             require((root / Path(value).expanduser()).exists(), f"models.{key}", f"{value} does not exist")
 
 
-
 def _check_concept(concept: ConceptParams, world: WorldParams, root: Path) -> None:
     fields = template_fields(concept.template)
     require(fields == {"concept"}, "concept.template", f"may use only '{{concept}}', got fields {sorted(fields)}")
@@ -81,7 +80,6 @@ def _check_concept(concept: ConceptParams, world: WorldParams, root: Path) -> No
         )
 
 
-
 def _check_text_positions(s: dict[str, Any]) -> None:
     counts = {
         "mine.tokens": s["mine"].tokens + len(s["mine"].template.replace("{c}", " ").split()),  # at least a token per word
@@ -92,7 +90,6 @@ def _check_text_positions(s: dict[str, Any]) -> None:
     }
     for key, n in counts.items():
         require(n <= TEXT_POSITIONS, key, f"{n} tokens do not fit the text encoder's {TEXT_POSITIONS} text positions (77 less BOS and EOS)")
-
 
 
 def _check_pool(mine: MineParams, pool: PoolParams) -> None:

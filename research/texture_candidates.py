@@ -29,12 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
+from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dm2.core.io import write_json  # noqa: E402
 from dm2.models.diffusion import load_pipeline  # noqa: E402
+from dm2.models.world_sd import world_vae  # noqa: E402
 from dm2.training.world_models import train_vae  # noqa: E402
 from dm2.world.params import VaeParams  # noqa: E402
 from dm2.world.render import TEXTURES, WorldSpec, sample_world  # noqa: E402
@@ -49,16 +51,7 @@ CANDIDATES = {  # name: (texture period in px, latent side)
     "p4_latent16": (4, 16),
     "p8_latent16": (8, 16),
 }
-
-
-def _erode(mask: np.ndarray) -> np.ndarray:
-    """Pixels of `mask` whose four neighbours are in it too."""
-    inner = mask.copy()
-    inner[1:] &= mask[:-1]
-    inner[:-1] &= mask[1:]
-    inner[:, 1:] &= mask[:, :-1]
-    inner[:, :-1] &= mask[:, 1:]
-    return inner
+DOWNSAMPLINGS = {8: 3, 16: 2}  # latent side: the world VAE's downsamplings (3: the shipped design)
 
 
 def _interior(image: np.ndarray) -> np.ndarray:
@@ -67,7 +60,7 @@ def _interior(image: np.ndarray) -> np.ndarray:
     border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
     background = np.median(border, axis=0)
     fg = np.linalg.norm(image.astype(np.float32) - background, axis=-1) > 30
-    return _erode(_erode(fg))
+    return ndimage.binary_erosion(fg, iterations=2, border_value=1)
 
 
 def judge_texture(image: np.ndarray) -> str:
@@ -94,23 +87,6 @@ def texture_accuracy(images: np.ndarray, labels: list[str]) -> dict[str, float]:
     return {t: 100.0 * float(np.mean([s == t for s, lab in zip(said, labels) if lab == t])) for t in TEXTURES}
 
 
-def candidate_vae(latent_side: int) -> AutoencoderKL:
-    """The shipped VAE's design (dm2.models.world_sd.world_vae) with one downsampling fewer
-    for 16 x 16 latents."""
-    downs = {8: 3, 16: 2}[latent_side]
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * downs,
-        up_block_types=("UpDecoderBlock2D",) * downs,
-        block_out_channels=(32, 64, 64)[:downs],
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=32,
-    )
-
-
 @torch.no_grad()
 def round_trip(vae: AutoencoderKL, images: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -133,21 +109,22 @@ def main() -> None:
     if a.summary:
         return write_summary(results, a.out / "summary.md")
     spec = WorldSpec()  # every shape, colour, background and texture; no empty images
-    for period in sorted({4, *(CANDIDATES[c][0] for c in a.candidates)}):
-        held, samples = sample_world(spec, a.heldout, seed=20_000, period=period)
+    periods = sorted({4, *(CANDIDATES[c][0] for c in a.candidates)})
+    heldout = {period: sample_world(spec, a.heldout, seed=20_000, period=period) for period in periods}
+    for period, (held, samples) in heldout.items():
         results.setdefault("judge_on_clean_renders", {})[f"p{period}"] = texture_accuracy(held, [s.texture for s in samples])
-    held4, samples4 = sample_world(spec, a.heldout, seed=20_000)
+    held4, samples4 = heldout[4]
     shipped = load_pipeline(str(ROOT / "artifacts" / "world" / "sd")).vae
     results["shipped_vae_p4"] = {"retention": texture_accuracy(round_trip(shipped, held4), [s.texture for s in samples4])}
     write_json(results, path)
     for name in a.candidates:
         period, side = CANDIDATES[name]
         train_images, _ = sample_world(spec, a.train, seed=0, period=period)
-        held, samples = sample_world(spec, a.heldout, seed=20_000, period=period)
+        held, samples = heldout[period]
         start = time.perf_counter()
         images = torch.from_numpy(train_images).permute(0, 3, 1, 2).float() / 255.0
         vae_p = VaeParams(steps=a.steps, batch_size=48, lr=0.002, kl_weight=1e-4)  # the shipped recipe's
-        vae = train_vae(images, vae_p, 0, partial(candidate_vae, side))[0]
+        vae = train_vae(images, vae_p, 0, partial(world_vae, DOWNSAMPLINGS[side]))[0]
         seconds = time.perf_counter() - start
         recon = round_trip(vae, held)
         np.savez_compressed(a.out / f"{name}_heldout.npz", renders=held, reconstructions=recon, textures=np.array([s.texture for s in samples]))

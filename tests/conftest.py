@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -78,3 +80,11 @@ def tiny_clip() -> ClipModel:
         text_cfg={"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
     ).eval().requires_grad_(False)
     return ClipModel(model, open_clip.get_tokenizer("world-clip"), torch.device("cpu"))
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script of research/ or dev/ (folders that are not packages), loaded by its path."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,7 +1,6 @@
 """The research scripts' own logic (research/*.py, the studies that chose the defaults), on tiny inputs."""
 
 import copy
-import importlib.util
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,16 +12,13 @@ from dm2.core.io import load_tensors
 from dm2.world.params import UnetParams, WorldParams
 from dm2.world.render import BACKGROUNDS, COLOURS, TEXTURES
 from dm2.world.splits import world_split
+from tests.conftest import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name: str):
-    """research/{name}.py, loaded by its path (research/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "research" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "research" / f"{name}.py")
 
 
 class ChannelJudge:

@@ -40,7 +40,6 @@ class ModelsParams(Section):
         require(self.second_judge != self.judge, f"{name}.second_judge", f"must differ from models.judge ({self.judge!r})")
 
 
-
 @dataclass
 class ConceptParams(Section):
     key: ClassVar[str] = "concept"
@@ -54,7 +53,6 @@ class ConceptParams(Section):
     @property
     def prompt(self) -> str:
         return self.template.format(concept=self.name)
-
 
 
 def is_local_path(value: str) -> bool:

@@ -29,7 +29,6 @@ def check_method(name: str, key: str = "method") -> None:
     require(name in METHODS, key, f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
 
 
-
 @dataclass
 class PoolParams(Section):
     key: ClassVar[str] = "pool"
@@ -41,7 +40,6 @@ class PoolParams(Section):
     def validate(self, name: str) -> None:
         require(self.size > 0, f"{name}.size", f"the pool must hold at least one image, got {self.size}")
         require(self.steps > 0, f"{name}.steps", f"must be positive, got {self.steps}")
-
 
 
 @dataclass
@@ -67,7 +65,6 @@ class EraseParams(Section):
         require(self.cpu_threads > 0, f"{name}.cpu_threads", f"must be positive, got {self.cpu_threads}")
 
 
-
 @dataclass
 class StepSchedule(Section):
     """Epochs, learning rate with one drop, gradient-norm clip and optimiser."""
@@ -88,7 +85,6 @@ class StepSchedule(Section):
 
     def lr_at(self, epoch: int) -> float:
         return self.lr if epoch < self.lr_drop_epoch else self.lr_after_drop
-
 
 
 @dataclass
@@ -126,7 +122,6 @@ class MineParams(StepSchedule):
             require(self.norm_bound > 0, f"{name}.norm_bound", f"must be positive or null, got {self.norm_bound}")
 
 
-
 @dataclass
 class VerifyParams(Section):
     key: ClassVar[str] = "verify"
@@ -146,7 +141,6 @@ class VerifyParams(Section):
         require(self.samples > 0, f"{name}.samples", f"must be positive, got {self.samples}")
         require(self.references > 0, f"{name}.references", f"must be positive, got {self.references}")
         require(isinstance(self.reference_prompt, str), f"{name}.reference_prompt", f"must be a prompt (a string), got {self.reference_prompt!r}")
-
 
 
 @dataclass
@@ -179,7 +173,6 @@ class CircumventParams(StepSchedule):
         require(self.steps > 0, f"{name}.steps", f"must be positive, got {self.steps}")
 
 
-
 @dataclass
 class ESDParams(Section):
     key: ClassVar[str] = "baselines.esd"
@@ -201,7 +194,6 @@ class ESDParams(Section):
         require(self.lora_rank > 0, f"{name}.lora_rank", f"must be positive, got {self.lora_rank}")
 
 
-
 @dataclass
 class UCEParams(Section):
     key: ClassVar[str] = "baselines.uce"
@@ -213,7 +205,6 @@ class UCEParams(Section):
     def validate(self, name: str) -> None:
         require(self.lam > 0, f"{name}.lam", f"must be positive (it keeps the inverse defined), got {self.lam}")
         require(self.lora_rank is None or self.lora_rank > 0, f"{name}.lora_rank", f"must be positive or null, got {self.lora_rank}")
-
 
 
 @dataclass
@@ -244,7 +235,6 @@ class LearnablePromptParams(Section):
         require(self.lora_rank > 0, f"{name}.lora_rank", f"must be positive, got {self.lora_rank}")
 
 
-
 @dataclass
 class SLDParams(Section):
     """SLD hyper-parameters; the defaults are SLD-Strong, the baseline of the Dark Miner
@@ -273,7 +263,6 @@ class SLDParams(Section):
         require(self.warmup_steps >= 0, f"{name}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         require(self.momentum_scale >= 0, f"{name}.momentum_scale", f"must be >= 0, got {self.momentum_scale}")
         require(0 <= self.mom_beta < 1, f"{name}.mom_beta", f"must be in [0, 1), got {self.mom_beta}")
-
 
 
 @dataclass

@@ -27,7 +27,6 @@ class CocoParams(Section):
         require(self.n > 0, f"{name}.n", f"must be positive, got {self.n}")
 
 
-
 @dataclass
 class EvaluateParams(Section):
     key: ClassVar[str] = "evaluate"
@@ -46,7 +45,6 @@ class EvaluateParams(Section):
         for key in ("images_per_prompt", "n_prompts", "n_other", "n_heldout", "steps", "grid_images"):
             require(getattr(self, key) > 0, f"{name}.{key}", f"must be positive, got {getattr(self, key)}")
         require(self.kind in KINDS, f"{name}.kind", f"{self.kind!r} is not one of {list(KINDS)}")
-
 
 
 @dataclass

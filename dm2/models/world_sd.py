@@ -21,13 +21,14 @@ def world_scheduler() -> DDIMScheduler:
     return DDIMScheduler(**SD_SCHEDULE, clip_sample=False)
 
 
-def world_vae() -> AutoencoderKL:
+def world_vae(downsamplings: int = 3) -> AutoencoderKL:
+    """32 x 32 images to 8 x 8 x 4 latents (2 downsamplings: 16 x 16 x 4)."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(32, 64, 64),
+        down_block_types=("DownEncoderBlock2D",) * downsamplings,
+        up_block_types=("UpDecoderBlock2D",) * downsamplings,
+        block_out_channels=(32, 64, 64)[:downsamplings],
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=16,

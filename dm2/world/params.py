@@ -41,7 +41,6 @@ class WorldParams(Section):
         )
 
 
-
 @dataclass
 class TrainParams(Section):
     steps: int
@@ -54,12 +53,10 @@ class TrainParams(Section):
         require(self.lr > 0, f"{name}.lr", "must be positive")
 
 
-
 @dataclass
 class VaeParams(TrainParams):
     key: ClassVar[str] = "train_vae"
     kl_weight: float = 1e-4
-
 
 
 @dataclass
@@ -71,7 +68,6 @@ class UnetParams(TrainParams):
     def validate(self, name: str) -> None:
         super().validate(name)
         require(0.0 <= self.caption_dropout < 1.0, f"{name}.caption_dropout", "must be in [0, 1)")
-
 
 
 @dataclass
@@ -87,12 +83,10 @@ class AugmentParams(Section):
             require(getattr(self, key) >= 0, f"{name}.{key}", "must be >= 0")
 
 
-
 @dataclass
 class ClipTrainParams(TrainParams):
     key: ClassVar[str] = "train_clip"
     augment: AugmentParams = field(default_factory=AugmentParams)
-
 
 
 @dataclass(frozen=True)
@@ -118,7 +112,6 @@ class HardRanges(Section):
         require(0 <= self.empty_fraction < 1, f"{name}.empty_fraction", "must be in [0, 1)")
 
 
-
 @dataclass
 class JudgeTrainParams(TrainParams):
     key: ClassVar[str] = "train_judge"
@@ -131,7 +124,6 @@ class JudgeTrainParams(TrainParams):
         super().validate(name)
         require(self.hard_images >= 0, f"{name}.hard_images", f"must be >= 0, got {self.hard_images}")
         require(self.width > 0 and self.width % 8 == 0, f"{name}.width", "must be a positive multiple of 8 (GroupNorm groups)")
-
 
 
 @dataclass
@@ -148,7 +140,6 @@ class WorldCheckParams(Section):
         require(self.hard_images > 0, f"{name}.hard_images", "must be positive")
         require(self.images_per_prompt > 0, f"{name}.images_per_prompt", "must be positive")
         require(self.steps > 0, f"{name}.steps", "must be positive")
-
 
 
 @dataclass
