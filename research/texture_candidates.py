@@ -5,9 +5,10 @@ The shipped world renders stripes and dots with a 4 px period (2 px bands); its 
 retrained, how well a VAE keeps each texture through its round trip for a few candidate
 designs: the texture period (4, 8 px) and the latent grid (8 x 8 as today, 16 x 16), each VAE
 trained on the same budget with the shipped recipe's loss, and the shipped VAE itself as
-the starting point. Retention is judged by a texture judge that learns nothing (the
-colour pattern inside the segmented foreground), validated first on clean renders of
-each period.
+the starting point (the study ran on the 4 px world, so its "shipped VAE" is that world's).
+Retention is judged by the world's texture judge that learns nothing
+(`dm2.judges.pattern`: the colour pattern inside the segmented foreground), checked first
+on clean renders of each period.
 
     python research/texture_candidates.py OUT --steps 300 --train 4000 --heldout 300
     python research/texture_candidates.py OUT --summary    # OUT/summary.md from OUT/results.json
@@ -23,27 +24,24 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
-from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dm2.core.io import write_json  # noqa: E402
+from dm2.judges.pattern import PatternJudge  # noqa: E402
 from dm2.models.diffusion import load_pipeline  # noqa: E402
 from dm2.models.world_sd import world_vae  # noqa: E402
 from dm2.training.world_models import train_vae  # noqa: E402
 from dm2.world.params import VaeParams  # noqa: E402
 from dm2.world.render import TEXTURES, WorldSpec, sample_world  # noqa: E402
-
-CONTRAST = 30.0  # a pixel this far (RGB, 0-255) from the shape's median colour is pattern
-TEXTURED_SHARE = 0.05  # a shape with at least this share of pattern pixels is textured
-ANISOTROPY = 1.6  # stripes: change across the stripe direction over change along it
 
 CANDIDATES = {  # name: (texture period in px, latent side)
     "p4_latent8": (4, 8),
@@ -54,36 +52,11 @@ CANDIDATES = {  # name: (texture period in px, latent side)
 DOWNSAMPLINGS = {8: 3, 16: 2}  # latent side: the world VAE's downsamplings (3: the shipped design)
 
 
-def _interior(image: np.ndarray) -> np.ndarray:
-    """The shape's pixels at least 2 px inside its edge (so a reconstruction's blurred edge is
-    not read as pattern): far from the background colour, the median of the border."""
-    border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
-    background = np.median(border, axis=0)
-    fg = np.linalg.norm(image.astype(np.float32) - background, axis=-1) > 30
-    return ndimage.binary_erosion(fg, iterations=2, border_value=1)
-
-
-def judge_texture(image: np.ndarray) -> str:
-    """plain, striped or dotted for one uint8 H x W x 3 image, from the colour inside the
-    shape: flat is plain; stripes (drawn along x + y = const) change across that direction
-    much more than along it; dots change alike in both."""
-    inner = _interior(image)
-    if inner.sum() < 6:
-        return "plain"
-    x = image.astype(np.float32)
-    spread = np.linalg.norm(x[inner] - np.median(x[inner], axis=0), axis=-1)
-    if np.mean(spread > CONTRAST) < TEXTURED_SHARE:
-        return "plain"
-    pairs_across = inner[1:, 1:] & inner[:-1, :-1]  # step (+1, +1): across the stripes
-    pairs_along = inner[1:, :-1] & inner[:-1, 1:]  # step (+1, -1): along them
-    across = np.linalg.norm(x[1:, 1:] - x[:-1, :-1], axis=-1)[pairs_across].mean() if pairs_across.any() else 0.0
-    along = np.linalg.norm(x[1:, :-1] - x[:-1, 1:], axis=-1)[pairs_along].mean() if pairs_along.any() else 0.0
-    return "striped" if across > ANISOTROPY * (along + 1.0) else "dotted"
-
-
 def texture_accuracy(images: np.ndarray, labels: list[str]) -> dict[str, float]:
-    """Per texture, % of images the judge calls by their label."""
-    said = [judge_texture(im) for im in images]
+    """Per texture, % of uint8 images the non-learned texture judge calls by their label."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    probs = PatternJudge(with_empty=False).probs(x)["texture"]
+    said = [TEXTURES[i] for i in probs.argmax(-1).tolist()]
     return {t: 100.0 * float(np.mean([s == t for s, lab in zip(said, labels) if lab == t])) for t in TEXTURES}
 
 
@@ -110,7 +83,7 @@ def main() -> None:
         return write_summary(results, a.out / "summary.md")
     spec = WorldSpec()  # every shape, colour, background and texture; no empty images
     periods = sorted({4, *(CANDIDATES[c][0] for c in a.candidates)})
-    heldout = {period: sample_world(spec, a.heldout, seed=20_000, period=period) for period in periods}
+    heldout = {period: sample_world(replace(spec, texture_period=period), a.heldout, seed=20_000) for period in periods}
     for period, (held, samples) in heldout.items():
         results.setdefault("judge_on_clean_renders", {})[f"p{period}"] = texture_accuracy(held, [s.texture for s in samples])
     held4, samples4 = heldout[4]
@@ -119,7 +92,7 @@ def main() -> None:
     write_json(results, path)
     for name in a.candidates:
         period, side = CANDIDATES[name]
-        train_images, _ = sample_world(spec, a.train, seed=0, period=period)
+        train_images, _ = sample_world(replace(spec, texture_period=period), a.train, seed=0)
         held, samples = heldout[period]
         start = time.perf_counter()
         images = torch.from_numpy(train_images).permute(0, 3, 1, 2).float() / 255.0

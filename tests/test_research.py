@@ -375,13 +375,3 @@ def test_research_scripts_name_their_own_places_and_the_index_names_each():
             assert (ROOT / named).is_file(), f"{path.name}: {named} does not exist"
         assert "tools/" not in doc and "reports/dm2_settings" not in doc, path.name
         assert f"research/{path.name}" in index, f"research/README.md does not name {path.name}"
-
-
-def test_texture_judge_calls_clean_renders_by_their_texture():
-    from dm2.world.render import WorldSpec, sample_world
-
-    judge = _script("texture_candidates").judge_texture
-    for texture in ("plain", "striped", "dotted"):
-        images, _ = sample_world(WorldSpec(textures=(texture,)), 30, seed=5, period=8)
-        said = [judge(im) for im in images]
-        assert said.count(texture) >= 27, (texture, said)

@@ -1,5 +1,7 @@
 """The shapes world's empty (background-only) images and how the judge learns them."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,9 +67,25 @@ def test_judge_learns_only_the_shape_of_an_empty_image():
     assert loss.item() == pytest.approx(shape_only.item(), rel=1e-5)
 
 
-def test_texture_period_is_a_choice_of_the_renderer_and_4_px_by_default():
-    spec = WorldSpec(textures=("striped",))
-    default, _ = sample_world(spec, 6, seed=3)
-    assert (sample_world(spec, 6, seed=3, period=4)[0] == default).all()
-    coarse, _ = sample_world(spec, 6, seed=3, period=8)
-    assert not (coarse == default).all()
+def test_texture_period_is_a_choice_of_the_world_and_8_px_by_default():
+    striped = WorldSpec(textures=("striped",))
+    default, _ = sample_world(striped, 6, seed=3)
+    assert striped.texture_period == 8
+    assert not (sample_world(replace(striped, texture_period=4), 6, seed=3)[0] == default).all()
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [({"texture_period": 5}, "world.texture_period"), ({"texture_period": 32}, "world.texture_period"), ({"textures": ["plain", "checked"]}, "world.textures")],
+)
+def test_bad_texture_params_fail_before_any_training_naming_the_key(change, key):
+    with pytest.raises(ParamsError, match=rf"^{key}: "):
+        parse_section(WorldParams, {**world(0.1).__dict__, **change}, "world")
+
+
+@pytest.mark.parametrize("period", [3, 0, 16, -2])
+def test_a_texture_period_the_renderer_cannot_draw_names_the_key(period):
+    with pytest.raises(ValueError, match=rf"world.texture_period: .*got {period}$"):
+        WorldSpec(texture_period=period)
+
+

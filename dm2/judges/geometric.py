@@ -1,4 +1,5 @@
-"""A second, non-learned judge of the shapes world: shape descriptors of a segmented foreground.
+"""A second, non-learned judge of the shapes world: shape descriptors of a segmented
+foreground, and the colour pattern inside it for textures (dm2/judges/pattern.py).
 
 The CNN judge (dm2/judges/registry.py) is trained on the world's renders, so an erasure that fools it
 may fool it alone. This judge is of another family and shares nothing with it: it segments
@@ -17,6 +18,7 @@ import torch
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from dm2.judges.pattern import PatternJudge
 from dm2.world.render import EMPTY, SHAPE_DRAWERS
 
 DEFAULT_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", EMPTY)
@@ -109,13 +111,15 @@ def foreground(image: np.ndarray) -> np.ndarray | None:
 class GeometricJudge:
     """Judge protocol, head "shape": softmax over negative descriptor distances to each
     shape's ideal prototype; EMPTY (when a class) takes all the probability when no
-    foreground is found, and the shapes share it evenly when EMPTY is not a class."""
+    foreground is found, and the shapes share it evenly when EMPTY is not a class.
+    Head "texture": the PatternJudge's."""
 
     def __init__(self, shapes: tuple[str, ...] = DEFAULT_CLASSES) -> None:
         unknown = [s for s in shapes if s != EMPTY and s not in SHAPE_DRAWERS]
         if unknown:
             raise ValueError(f"geometric judge: unknown shape(s) {unknown}; allowed: {sorted(SHAPE_DRAWERS)} and {EMPTY!r}")
-        self.classes = {"shape": tuple(shapes)}
+        self._pattern = PatternJudge(with_empty=EMPTY in shapes)
+        self.classes = {"shape": tuple(shapes), **self._pattern.classes}
         self._shape_idx = [i for i, s in enumerate(shapes) if s != EMPTY]
         self._empty_idx = shapes.index(EMPTY) if EMPTY in shapes else None
         self._prototypes = np.stack([prototype(shapes[i]) for i in self._shape_idx])
@@ -135,4 +139,4 @@ class GeometricJudge:
             dist = np.linalg.norm(self._prototypes - descriptors(contour), axis=1)
             logits = -(dist - dist.min()) / TEMPERATURE
             row[self._shape_idx] = np.exp(logits) / np.exp(logits).sum()
-        return {"shape": torch.from_numpy(out).float()}
+        return {"shape": torch.from_numpy(out).float(), **self._pattern.probs(images)}

@@ -61,7 +61,7 @@ def _one(spec: WorldSpec, shape: str, rng: random.Random, r: HardRanges) -> tupl
     background = rng.choice(spec.backgrounds)
     texture = "plain" if shape == EMPTY else rng.choice(spec.textures)
     canvas = rng.randint(*r.canvas)
-    patch = render(shape, colour, background, texture, rng, canvas).astype(np.float32)
+    patch = render(shape, colour, background, texture, rng, canvas, spec.texture_period).astype(np.float32)
     bg = np.array(BACKGROUNDS[background], np.float32)
     image = np.broadcast_to(bg, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
     top, left = rng.randint(0, IMAGE_SIZE - canvas), rng.randint(0, IMAGE_SIZE - canvas)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from dm2.core.config import ParamsError, Section, require
-from dm2.world.render import DEFAULT_SYNONYMS, IMAGE_SIZE, WorldSpec
+from dm2.world.render import DEFAULT_SYNONYMS, IMAGE_SIZE, TEXTURE_PERIOD, WorldSpec
 
 
 @dataclass
@@ -22,6 +22,7 @@ class WorldParams(Section):
     backgrounds: list[str] = field(default_factory=list)
     textures: list[str] = field(default_factory=list)
     empty_fraction: float = 0.0  # share of background-only images captioned "a photo" etc.
+    texture_period: int = TEXTURE_PERIOD  # pixels from one stripe (or dot) to the next
 
     def validate(self, name: str) -> None:
         require(self.train_images > 0, f"{name}.train_images", "must be positive")
@@ -38,6 +39,7 @@ class WorldParams(Section):
             backgrounds=tuple(self.backgrounds),
             textures=tuple(self.textures),
             empty_fraction=self.empty_fraction,
+            texture_period=self.texture_period,
         )
 
 
@@ -135,9 +137,11 @@ class WorldCheckParams(Section):
     seed: int
     hard_images: int = 3000  # held-out hard renders
     hard: HardRanges = field(default_factory=HardRanges)
+    min_drawn: float = 0.9  # share of its images in which the model must draw each asked shape and texture
 
     def validate(self, name: str) -> None:
         require(self.hard_images > 0, f"{name}.hard_images", "must be positive")
+        require(0.0 <= self.min_drawn <= 1.0, f"{name}.min_drawn", f"must be in [0, 1], got {self.min_drawn}")
         require(self.images_per_prompt > 0, f"{name}.images_per_prompt", "must be positive")
         require(self.steps > 0, f"{name}.steps", "must be positive")
 

@@ -37,7 +37,11 @@ TEXTURE_WORDS: dict[str, tuple[str, ...]] = {
     "dotted": ("dotted", "spotted"),
 }
 IMAGE_SIZE = 32  # side of every world image, pixels
-TEXTURE_PERIOD = 4  # pixels from one stripe (or dot) to the next: 2 px bands
+# Pixels from one stripe (or dot) to the next: 4 px bands. The VAE's 8x8 latents carry an
+# 8 px period; a 4 px one comes back plain (research/texture_candidates.py).
+TEXTURE_PERIOD = 8
+# A shape is about half the image across; it must hold two periods to show its texture.
+MAX_TEXTURE_PERIOD = IMAGE_SIZE // 4
 DEFAULT_SYNONYMS: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "ball", "disk"),
     "square": ("square", "box", "block"),
@@ -75,10 +79,16 @@ class WorldSpec:
     backgrounds: tuple[str, ...] = tuple(BACKGROUNDS)
     textures: tuple[str, ...] = TEXTURES
     empty_fraction: float = 0.0  # share of background-only images
+    texture_period: int = TEXTURE_PERIOD  # pixels from one stripe (or dot) to the next
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.empty_fraction < 1.0:
             raise ValueError(f"world.empty_fraction: must be in [0, 1), got {self.empty_fraction}")
+        if self.texture_period % 2 or not 2 <= self.texture_period <= MAX_TEXTURE_PERIOD:
+            raise ValueError(
+                f"world.texture_period: must be an even number of pixels in [2, {MAX_TEXTURE_PERIOD}] "
+                f"(two periods on a shape half the {IMAGE_SIZE} px image across), got {self.texture_period}"
+            )
         for shape, words in self.synonyms.items():
             if shape not in SHAPE_DRAWERS:
                 raise ValueError(f"world.synonyms: unknown shape {shape!r}; allowed: {sorted(SHAPE_DRAWERS)}")
@@ -112,6 +122,7 @@ class WorldSpec:
             backgrounds=tuple(params["backgrounds"]),
             textures=tuple(params["textures"]),
             empty_fraction=float(params.get("empty_fraction", 0.0)),
+            texture_period=int(params.get("texture_period", TEXTURE_PERIOD)),
         )
 
 
@@ -206,9 +217,8 @@ def caption(spec: WorldSpec, shape: str, colour: str, background: str, texture: 
     )
 
 
-def sample_world(spec: WorldSpec, n: int, seed: int, size: int = 32, period: int = TEXTURE_PERIOD) -> tuple[np.ndarray, list[Sample]]:
-    """`n` images (uint8, n x size x size x 3) and their labelled captions, fixed by `seed`;
-    textures repeat every `period` pixels."""
+def sample_world(spec: WorldSpec, n: int, seed: int, size: int = 32) -> tuple[np.ndarray, list[Sample]]:
+    """`n` images (uint8, n x size x size x 3) and their labelled captions, fixed by `seed`."""
     rng = random.Random(seed)
     images = np.empty((n, size, size, 3), np.uint8)
     samples = []
@@ -224,7 +234,7 @@ def sample_world(spec: WorldSpec, n: int, seed: int, size: int = 32, period: int
         colour = rng.choice(spec.colours)
         background = rng.choice(spec.backgrounds)
         texture = rng.choice(spec.textures)
-        images[i] = render(shape, colour, background, texture, rng, size, period)
+        images[i] = render(shape, colour, background, texture, rng, size, spec.texture_period)
         samples.append(Sample(shape, colour, background, texture, caption(spec, shape, colour, background, texture, rng)))
     return images, samples
 
