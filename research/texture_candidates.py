@@ -12,6 +12,7 @@ on clean renders of each period.
 
     python research/texture_candidates.py OUT --steps 300 --train 4000 --heldout 300
     python research/texture_candidates.py OUT --summary    # OUT/summary.md from OUT/results.json
+    python research/texture_candidates.py OUT --sampling   # seconds per sampled image, per latent grid
 
 Writes OUT/results.json (per candidate: retention per texture, judge accuracy on the clean
 renders, training seconds) as it goes, so a killed run keeps its finished candidates, and
@@ -38,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from dm2.core.io import write_json  # noqa: E402
 from dm2.judges.pattern import PatternJudge  # noqa: E402
 from dm2.models.diffusion import load_pipeline  # noqa: E402
-from dm2.models.world_sd import world_vae  # noqa: E402
+from dm2.models.world_sd import world_text_encoder, world_unet, world_vae  # noqa: E402
 from dm2.training.world_models import train_vae  # noqa: E402
 from dm2.world.params import VaeParams  # noqa: E402
 from dm2.world.render import TEXTURES, WorldSpec, sample_world  # noqa: E402
@@ -67,6 +68,29 @@ def round_trip(vae: AutoencoderKL, images: np.ndarray) -> np.ndarray:
     return ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
+@torch.no_grad()
+def sampling_seconds(images: int = 32, steps: int = 25, rounds: int = 3) -> dict[str, float]:
+    """Seconds per image of DDIM sampling (`steps` steps, classifier-free guidance: two UNet
+    passes a step) and the VAE's decoding, for each latent grid, with the shipped designs at
+    random weights (the cost does not depend on them); the grids alternate `rounds` times and
+    the fastest round counts, so drift on a shared machine hits both alike."""
+    torch.manual_seed(0)
+    unet, states = world_unet(), torch.randn(2 * images, 77, world_text_encoder().config.hidden_size)
+    t = torch.tensor([500] * (2 * images))
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for side, downsamplings in DOWNSAMPLINGS.items():
+            vae = world_vae(downsamplings)
+            latents = torch.randn(2 * images, 4, side, side)
+            start = time.perf_counter()
+            for _ in range(steps):
+                unet(latents, t, encoder_hidden_states=states)
+            vae.decode(latents[:images])
+            seconds = (time.perf_counter() - start) / images
+            best[f"latent{side}"] = min(best.get(f"latent{side}", float("inf")), seconds)
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path)
@@ -75,11 +99,16 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=300)
     parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES))
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--sampling", action="store_true", help="time sampling per latent grid; writes results.json's `sampling`")
     a = parser.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     path = a.out / "results.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     if a.summary:
+        return write_summary(results, a.out / "summary.md")
+    if a.sampling:
+        results["sampling"] = sampling_seconds()
+        write_json(results, path)
         return write_summary(results, a.out / "summary.md")
     spec = WorldSpec()  # every shape, colour, background and texture; no empty images
     periods = sorted({4, *(CANDIDATES[c][0] for c in a.candidates)})
@@ -124,6 +153,9 @@ def write_summary(results: dict, path: Path) -> None:
         if name in results:
             c, r = results[name], results[name]["retention"]
             lines.append(f"| {name} | {c['period']} | {c['latent']} x {c['latent']} | {c['steps']} | {r['plain']:.1f} / {r['striped']:.1f} / {r['dotted']:.1f} | {c['mse']:.1f} | {c['seconds']:.0f} |")
+    if "sampling" in results:
+        cost = results["sampling"]
+        lines += ["", "Seconds per sampled image (25 DDIM steps with guidance, and decoding; this CPU, one run): " + "; ".join(f"{k}: {v:.3f}" for k, v in cost.items()) + f" ({cost['latent16'] / cost['latent8']:.1f} x for 16 x 16)"]
     judge = results.get("judge_on_clean_renders", {})
     lines += ["", "The texture judge on clean renders (plain / striped / dotted %): " + "; ".join(f"{k}: {v['plain']:.1f} / {v['striped']:.1f} / {v['dotted']:.1f}" for k, v in judge.items())]
     path.write_text("\n".join(lines) + "\n")
