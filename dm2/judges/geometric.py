@@ -32,6 +32,13 @@ NOISE_LEVEL = 2.5  # the foreground's level stays this many robust stds above th
 # so that thin star tips and dark stripes, which smoothing lowers, stay in.
 THRESHOLD = 0.4
 MIN_AREA = 6.0  # original pixels; a smaller foreground is noise, not a shape
+# A striped shape on a background near its stripes' dark colour (black) falls apart into
+# bands at THRESHOLD, and its rim gets notches. For images the texture head calls striped,
+# gaps up to BRIDGE px are closed where the image stays above BRIDGE_LEVEL of the peak (the
+# dark bands, not the background): clean 8 px striped renders 92 -> 99.7 % right, hard
+# renders unchanged (bridging every image instead cost 2 points there).
+BRIDGE = 11
+BRIDGE_LEVEL = 0.25
 # Descriptor distance per unit of logit; at 0.1 the mean top probability on hard renders
 # about matches the accuracy there (~0.85), so scores are neither over- nor under-confident.
 TEMPERATURE = 0.1
@@ -90,9 +97,10 @@ def _ring(a: np.ndarray) -> np.ndarray:
     return a[~inner]
 
 
-def foreground(image: np.ndarray) -> np.ndarray | None:
+def foreground(image: np.ndarray, striped: bool = False) -> np.ndarray | None:
     """Outer contour (at UPSAMPLE x the image's scale) of the shape in an H x W x 3 image in
-    [0, 1], or None when nothing stands out from the background's colour and noise."""
+    [0, 1], or None when nothing stands out from the background's colour and noise.
+    `striped`: bridge the dark bands of a striped shape (BRIDGE)."""
     diff = image - np.median(_ring(image), axis=0)  # a shape touching the border cannot move the median
     dist = np.linalg.norm(ndimage.gaussian_filter(diff, (SMOOTH_SIGMA, SMOOTH_SIGMA, 0), mode="nearest"), axis=-1)
     border = _ring(dist)  # the background's noise, as it shows in the distance map
@@ -102,7 +110,12 @@ def foreground(image: np.ndarray) -> np.ndarray | None:
         return None
     h, w = dist.shape
     big = cv2.resize(dist.astype(np.float32), (w * UPSAMPLE, h * UPSAMPLE), interpolation=cv2.INTER_LINEAR)
-    contour = _outer_contour(big > max(THRESHOLD * dist.max(), median + NOISE_LEVEL * spread))
+    floor = median + NOISE_LEVEL * spread
+    mask = (big > max(THRESHOLD * dist.max(), floor)).astype(np.uint8)
+    if striped:
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (BRIDGE * UPSAMPLE + 1,) * 2)
+        mask |= cv2.morphologyEx(mask, cv2.MORPH_CLOSE, disk) & (big > max(BRIDGE_LEVEL * dist.max(), floor))
+    contour = _outer_contour(mask)
     if contour is None or cv2.contourArea(contour) < MIN_AREA * UPSAMPLE**2:
         return None
     return contour
@@ -127,9 +140,11 @@ class GeometricJudge:
     def probs(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per image, probabilities over the classes (N x n_classes, on CPU)."""
         pixels = images.detach().permute(0, 2, 3, 1).to("cpu", torch.float64).numpy()
+        textures = self._pattern.probs(images)
+        striped = (textures["texture"].argmax(-1) == self.classes["texture"].index("striped")).tolist()
         out = np.zeros((len(pixels), len(self.classes["shape"])))
-        for row, image in zip(out, pixels):
-            contour = foreground(image)
+        for row, image, bands in zip(out, pixels, striped):
+            contour = foreground(image, bands)
             if contour is None and self._empty_idx is not None:
                 row[self._empty_idx] = 1.0
                 continue
@@ -139,4 +154,4 @@ class GeometricJudge:
             dist = np.linalg.norm(self._prototypes - descriptors(contour), axis=1)
             logits = -(dist - dist.min()) / TEMPERATURE
             row[self._shape_idx] = np.exp(logits) / np.exp(logits).sum()
-        return {"shape": torch.from_numpy(out).float(), **self._pattern.probs(images)}
+        return {"shape": torch.from_numpy(out).float(), **textures}
