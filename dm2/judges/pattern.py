@@ -7,14 +7,17 @@ filtered first, and every threshold stays above the background's noise), keeps t
 at least 2 px inside its edge (so a blurred edge is not read as pattern), and reads their
 colours:
 
-- plain: fewer than PATTERN_SHARE of them stray far from the shape's median colour;
 - striped: the world draws stripes along x + y = const, so the colour changes across
-  that direction (step (+1, +1)) much more than along it (step (+1, -1));
-- dotted: it changes alike in both.
+  that direction (step (+1, +1)) much more than along it (step (+1, -1)), and at least
+  PATTERN_SHARE of them stray from the shape's median colour;
+- dotted: the colour changes alike in both directions, and at least PATTERN_SHARE of them
+  stray further (DOT_PATTERN: only contrast tells dots from mottle);
+- plain: neither.
 
 Thresholds were set on clean renders of the world at 8 and 4 px periods and on VAE round
-trips of them (never on diffusion samples): it calls 98-100 % of each texture right there
-(world_check reports it per texture, on clean and hard renders).
+trips of them, DOT_PATTERN on 180 of the base model's samples looked at by eye (plain
+shapes with a mottle a 30 / 255 threshold called dotted). world_check reports the judge
+per texture on clean and hard renders.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from scipy import ndimage
 
 from dm2.world.render import EMPTY, TEXTURES
 
-FLOOR = 30.0 / 255  # colour distance (RGB in [0, 1]) that always counts as shape, and as pattern
+FLOOR = 30.0 / 255  # colour distance (RGB in [0, 1]) from the background that always counts as shape
+# Colour distance from the shape's median that always counts as pattern: stripes, which
+# their direction tells from any mottle, count from STRIPE_PATTERN; dots, which only their
+# contrast tells from the mottle a diffusion model leaves on plain shapes (up to ~45 / 255),
+# from DOT_PATTERN. The world draws both at 150 / 255 or more.
+STRIPE_PATTERN = 30.0 / 255
+DOT_PATTERN = 50.0 / 255
 NOISE_STDS = 3.0  # ... unless the background's noise reaches it: then this many noise stds
 RELATIVE = 0.3  # faint shapes: shape and pattern thresholds fall to this share of the shape's contrast
 DENOISE_ABOVE = 0.02  # background noise std above which a 3 x 3 median filter goes first (a VAE's output stays below)
@@ -37,7 +46,7 @@ MIN_PEAK = 0.05  # a shape stands out from the background by at least this colou
 # round trips keep more than 25 % (research/texture_candidates.py's reconstructions).
 PATTERN_SHARE = 0.1
 ANISOTROPY = 1.6  # stripes: change across their direction over change along it
-# Soft scores (for the Score metric) from the two decisions above; the argmax agrees with
+# Soft scores (for the Score metric) from the decisions above; the argmax agrees with
 # them except within a sliver of the thresholds. Widths: about a tenth of each quantity's
 # typical margin on clean renders.
 SHARE_WIDTH = 0.01
@@ -60,10 +69,10 @@ def interior(shape: np.ndarray) -> np.ndarray:
     return ndimage.binary_erosion(ndimage.binary_fill_holes(shape), iterations=EDGE, border_value=1)
 
 
-def pattern_features(image: np.ndarray) -> tuple[float, float] | None:
-    """(share of pattern pixels, log of across / along change) inside the shape of an
-    H x W x 3 image in [0, 1]; None when nothing stands out from the background, (0, 0)
-    when the shape is too small to hold a pattern."""
+def pattern_features(image: np.ndarray) -> tuple[float, float, float] | None:
+    """(share of pattern pixels at STRIPE_PATTERN, the same at DOT_PATTERN, log of across /
+    along change) inside the shape of an H x W x 3 image in [0, 1]; None when nothing stands
+    out from the background, zeros when the shape is too small to hold a pattern."""
     if _noise_std(image) > DENOISE_ABOVE:
         image = ndimage.median_filter(image, size=(3, 3, 1), mode="nearest")  # keeps 4 px bands, drops pixel noise
     floor = NOISE_STDS * np.sqrt(3) * _noise_std(image)
@@ -72,16 +81,17 @@ def pattern_features(image: np.ndarray) -> tuple[float, float] | None:
         return None
     inner = interior(dist > max(floor, min(FLOOR, RELATIVE * dist.max())))
     if inner.sum() < MIN_INTERIOR:
-        return 0.0, 0.0
-    threshold = max(floor, min(FLOOR, RELATIVE * np.median(dist[inner])))
+        return 0.0, 0.0, 0.0
+    contrast = RELATIVE * np.median(dist[inner])  # faint shapes: faint patterns
     spread = np.linalg.norm(image[inner] - np.median(image[inner], axis=0), axis=-1)
+    shares = [float(np.mean(spread > max(floor, min(level, contrast)))) for level in (STRIPE_PATTERN, DOT_PATTERN)]
     across_pairs = inner[1:, 1:] & inner[:-1, :-1]
     along_pairs = inner[1:, :-1] & inner[:-1, 1:]
     across = np.linalg.norm(image[1:, 1:] - image[:-1, :-1], axis=-1)[across_pairs]
     along = np.linalg.norm(image[1:, :-1] - image[:-1, 1:], axis=-1)[along_pairs]
     across_mean = across.mean() if across.size else 0.0
     along_mean = along.mean() if along.size else 0.0
-    return float(np.mean(spread > threshold)), float(np.log((across_mean + 1 / 255) / (along_mean + 1 / 255)))
+    return shares[0], shares[1], float(np.log((across_mean + 1 / 255) / (along_mean + 1 / 255)))
 
 
 def _sigmoid(x: float) -> float:
@@ -104,8 +114,9 @@ class PatternJudge:
             if features is None:
                 row[-1 if EMPTY in self.classes["texture"] else 0] = 1.0
                 continue
-            share, log_ratio = features
-            textured = _sigmoid((share - PATTERN_SHARE) / SHARE_WIDTH)
-            striped = _sigmoid((log_ratio - np.log(ANISOTROPY)) / LOG_RATIO_WIDTH)
-            row[:3] = (1.0 - textured, textured * striped, textured * (1.0 - striped))
+            stripe_share, dot_share, log_ratio = features
+            banded = _sigmoid((log_ratio - np.log(ANISOTROPY)) / LOG_RATIO_WIDTH)
+            striped = _sigmoid((stripe_share - PATTERN_SHARE) / SHARE_WIDTH) * banded
+            dotted = _sigmoid((dot_share - PATTERN_SHARE) / SHARE_WIDTH) * (1.0 - banded)
+            row[:3] = (1.0 - striped - dotted, striped, dotted)
         return {"texture": torch.from_numpy(out).float()}
