@@ -40,8 +40,8 @@ def test_agrees_with_the_true_shape_on_clean_heldout_renders(judge):
 
 
 def test_striped_shapes_on_black_keep_their_outline(judge):
-    """Their dark bands are near the background's colour: unbridged, a striped circle's rim
-    is notched and it reads as a square."""
+    """Their dark bands are near the background's colour: cut at the usual threshold, a
+    striped circle falls into bands with a notched rim and reads as a square."""
     images, samples = sample_world(WorldSpec(backgrounds=("black",), textures=("striped",)), 40, seed=1)
     said = called(judge, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0)
     assert sum(a == s.shape for a, s in zip(said, samples)) >= 39, list(zip([s.shape for s in samples], said))
