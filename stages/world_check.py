@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 
 import torch
+from diffusers import StableDiffusionPipeline
 
 from dm2.core.config import InputError, load_params, parse_section
 from dm2.core.devices import resolve_device
@@ -29,16 +30,12 @@ from dm2.models.clip import load_clip, zero_shot
 from dm2.models.diffusion import encode_prompts, generate, images_to_latents, latents_to_images, load_pipeline
 from dm2.world.hard_renders import HARD_HELDOUT_SEED_OFFSET, HardCondition, render_hard
 from dm2.world.params import WorldCheckParams, WorldParams
-from dm2.world.render import EMPTY, TEXTURE_WORDS, Sample
+from dm2.world.render import EMPTY, TEMPLATES, TEXTURE_WORDS, Sample
 from dm2.world.splits import world_split
 
 ANCHOR = "a photo"
 HEADS = ("shape", "colour", "texture")  # what a judge of the world may tell; each judge has some
-TEXTURE_TEMPLATES = (  # the world's caption templates that name a texture
-    "a {texture} {colour} {shape} on a {background} background",
-    "a picture of a {texture} {shape}",
-    "a drawing of a {colour} {texture} {shape}",
-)
+TEXTURE_TEMPLATES = tuple(t for t in TEMPLATES if "{texture}" in t)  # the world's captions that name a texture
 
 
 def shape_prompts(world: WorldParams) -> list[tuple[str, str, str]]:
@@ -121,7 +118,7 @@ def texture_judges(judges: dict[str, Judge]) -> dict[str, Judge]:
     return {kind: j for kind, j in judges.items() if "texture" in j.classes}
 
 
-def vae_retention(pipe, judges: dict[str, Judge], images: torch.Tensor, samples: list[Sample]) -> dict[str, dict[str, float]]:
+def vae_retention(pipe: StableDiffusionPipeline, judges: dict[str, Judge], images: torch.Tensor, samples: list[Sample]) -> dict[str, dict[str, float]]:
     """Per texture judge and texture, the share of held-out renders whose VAE round trip
     the judge still calls by their texture (renders with a shape only)."""
     keep = [i for i, s in enumerate(samples) if s.texture != EMPTY]
